@@ -1,0 +1,95 @@
+"""Column-level cleaning shared by the readers: every change is counted in a `FileReport`."""
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from tte_tfrs import features
+from tte_tfrs.errors import DataError
+
+
+def clean_ratings(frame, display, report, columns, scale):
+    """Validates a ratings table (user, item, rating as strings) and returns the kept rows.
+
+    Args:
+      frame: DataFrame with ``user_id``, ``item_id``, ``rating`` (strings) and ``line``.
+      display: file name for messages.
+      report: `FileReport` receiving the counts.
+      columns: names of the user, item and rating columns in the file, for messages.
+      scale: (lowest, highest) allowed rating, inclusive.
+
+    Raises:
+      DataError: the rating column is not numeric (most values are not numbers), naming the first
+        offending line.
+    """
+    user_col, item_col, rating_col = columns
+    rating = pd.to_numeric(frame["rating"].str.strip(), errors="coerce")
+    not_number = rating.isna().to_numpy()
+    if len(frame) and not_number.mean() > 0.5:
+        first = int(np.argmax(not_number))
+        raise DataError(display, f"expected a number from {scale[0]:g} to {scale[1]:g} in column "
+                        f"{rating_col!r}, found {frame['rating'].iloc[first]!r}; most rows have no "
+                        "numeric rating: is this the right file and separator?",
+                        line=int(frame["line"].iloc[first]), field=rating_col)
+    frame = frame.assign(user_id=frame["user_id"].str.strip(), rating=rating.astype(np.float32))
+    keep = _drop(frame, not_number, report, f"{rating_col} is not a number")
+    frame = frame[keep]
+    keep = _drop(frame, ~frame["rating"].between(scale[0], scale[1]).to_numpy(), report,
+                 f"{rating_col} outside {scale[0]:g}-{scale[1]:g}")
+    frame = frame[keep]
+    keep = _drop(frame, frame["user_id"].eq("").to_numpy(), report, f"empty {user_col}")
+    frame = frame[keep]
+    keep = _drop(frame, frame["item_id"].str.strip().eq("").to_numpy(), report, f"empty {item_col}")
+    return frame[keep]
+
+
+def normalize_item_ids(frame, spec, display, report, item_col):
+    """Applies the item id spec's normalisation, counting changed ids and dropping emptied ones."""
+    raw = frame["item_id"].to_numpy(dtype=object).astype(str)
+    (normalized,) = features.standardize_column(spec, raw).values()
+    changed = normalized != np.char.strip(raw)
+    report.fix(f"{item_col} normalised (spaces, punctuation, lower-case x removed)",
+               frame["line"].to_numpy()[changed])
+    frame = frame.assign(item_id=normalized)
+    keep = _drop(frame, frame["item_id"].eq("").to_numpy(), report,
+                 f"{item_col} has no letters or digits")
+    return frame[keep]
+
+
+def drop_duplicates(frame, keys, report, reason, keep="last"):
+    """Drops repeated `keys`, keeping the `keep` occurrence in file order, and counts them."""
+    duplicated = frame.duplicated(subset=keys, keep=keep).to_numpy()
+    return frame[_drop(frame, duplicated, report, reason)]
+
+
+def clean_number(frame, column, spec, report, label):
+    """Parses a numeric feature column; empty, non-numeric and out-of-range values become NaN."""
+    raw = frame[column].astype(str).str.strip()
+    value = pd.to_numeric(raw, errors="coerce")
+    lines = frame["line"].to_numpy()
+    empty = raw.eq("").to_numpy() | raw.str.lower().isin(["nan", "null", "none", "n/a"]).to_numpy()
+    not_number = value.isna().to_numpy() & ~empty
+    low, high = spec.boundaries[0], spec.boundaries[-1]
+    out_of_range = value.notna().to_numpy() & ~((value > low) & (value <= high)).to_numpy()
+    report.fix(f"{label} empty -> unknown", lines[empty])
+    report.fix(f"{label} not a number -> unknown", lines[not_number])
+    report.fix(f"{label} outside {low:g}-{high:g} (e.g. 0) -> unknown", lines[out_of_range])
+    value = value.where(~pd.Series(out_of_range, index=value.index))
+    return value.astype(np.float32)
+
+
+def clean_text(frame, column, report, label):
+    """Strips white space and unescapes HTML entities (``&amp;``) in a text column."""
+    raw = frame[column].astype(str)
+    stripped = raw.str.strip()
+    has_entity = stripped.str.contains(r"&(?:[a-zA-Z]+|#\d+);", regex=True).to_numpy()
+    report.fix(f"{label} HTML entity unescaped", frame["line"].to_numpy()[has_entity])
+    if has_entity.any():
+        stripped = stripped.where(~has_entity, stripped[has_entity].map(html.unescape))
+    return stripped
+
+
+def _drop(frame, mask, report, reason):
+    report.drop(reason, frame["line"].to_numpy()[mask])
+    return ~mask

@@ -1,0 +1,178 @@
+"""Finds input files in a folder or zip archive and decodes them to text."""
+
+import csv
+import dataclasses
+import gzip
+import io
+import os
+import zipfile
+
+from tte_tfrs.errors import DataError
+
+csv.field_size_limit(1 << 24)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    """One readable table file.
+
+    Attributes:
+      display: how messages name the file (``/d/archive.zip:Ratings.csv``).
+      name: the bare table name, lower case, compression suffixes removed (``ratings.csv``).
+      opener: returns the raw (decompressed) bytes.
+    """
+
+    display: str
+    name: str
+    opener: object
+    in_archive: bool = False
+
+    def read_bytes(self):
+        try:
+            return self.opener()
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(self.display, f"cannot be read ({exc}); is the file complete?") from exc
+
+
+def _bare_name(name):
+    name = os.path.basename(name).lower()
+    for suffix in (".gz", ".zip"):
+        if name.endswith(suffix) and name[: -len(suffix)].endswith((".csv", ".data", ".user", ".item")):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _zip_members(zip_path, display_prefix):
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(zip_path, f"is not a readable zip archive ({exc})") from exc
+    with archive:
+        names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+    found = []
+    for member in names:
+        def opener(member=member):
+            with zipfile.ZipFile(zip_path) as z:
+                return z.read(member)
+        found.append(InputFile(f"{display_prefix}:{member}", _bare_name(member), opener, True))
+    return found
+
+
+def list_input_files(path):
+    """Lists the table files in `path`: a folder, a zip archive, or a single (optionally gzipped) file.
+
+    Zip archives inside a folder (the Kaggle ``archive.zip``, ``BX-Books.csv.zip``) are opened and their
+    members listed. Gzipped files are listed under their uncompressed name.
+
+    Returns:
+      A dict from bare lower-case file name (``ratings.csv``) to `InputFile`. Plain files win over
+      archive members of the same name.
+
+    Raises:
+      DataError: `path` does not exist.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(path, "does not exist; pass --data_dir pointing at a data folder or zip archive")
+    entries = []
+    if os.path.isdir(path):
+        for entry in sorted(os.listdir(path)):
+            full = os.path.join(path, entry)
+            if os.path.isfile(full):
+                entries.extend(_entries_for_file(full))
+    else:
+        entries.extend(_entries_for_file(path))
+    found = {item.name: item for item in entries if item.in_archive}
+    found.update({item.name: item for item in entries if not item.in_archive})
+    return found
+
+
+def _entries_for_file(full):
+    lower = full.lower()
+    if lower.endswith(".zip"):
+        return _zip_members(full, full)
+    if lower.endswith(".gz"):
+        def opener(full=full):
+            with gzip.open(full, "rb") as f:
+                return f.read()
+        return [InputFile(full, _bare_name(full), opener)]
+
+    def opener(full=full):
+        with open(full, "rb") as f:
+            return f.read()
+    return [InputFile(full, _bare_name(full), opener)]
+
+
+def decode_text(data, file_report, preferred="utf-8"):
+    """Decodes bytes as `preferred` (UTF-8 by default), falling back to latin-1.
+
+    Latin-1 decodes any byte sequence, so this never fails; the fallback is recorded in the report.
+    NUL bytes, which the csv module refuses, are removed and counted.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode(preferred)
+    except UnicodeDecodeError as exc:
+        text = data.decode("latin-1")
+        file_report.notes.append(
+            f"not valid {preferred} (first bad byte at offset {exc.start}); decoded as latin-1")
+    if "\x00" in text:
+        file_report.notes.append(f"removed {text.count(chr(0))} NUL characters")
+        text = text.replace("\x00", "")
+    return text
+
+
+def parse_delimited(text, input_file, file_report, expected_header, delimiter, escapechar=None,
+                    has_header=True):
+    """Parses delimited text into columns of strings, keeping exact file line numbers.
+
+    Args:
+      text: decoded file contents.
+      input_file: the `InputFile`, for messages.
+      file_report: `FileReport` that receives the counts.
+      expected_header: the column names the file must have, in order (compared ignoring case,
+        spaces, hyphens and underscores). Without a header row, the number of fields expected.
+      delimiter: field separator.
+      escapechar: escape character inside quoted fields (``\\`` for the original BX files).
+      has_header: whether the first row is a header.
+
+    Returns:
+      (columns, lines): a list of lists of strings, one per expected column, and the 1-based line
+      number on which each kept row ends.
+
+    Raises:
+      DataError: the header does not match, naming the file, line 1 and the expected columns.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
+                        escapechar=escapechar, doublequote=True, strict=False)
+    width = len(expected_header)
+    if has_header:
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(input_file.display, "is empty; expected a header row "
+                            + delimiter.join(expected_header), line=1) from None
+        if [_norm(h) for h in header] != [_norm(h) for h in expected_header]:
+            raise DataError(
+                input_file.display,
+                f"expected the columns {delimiter.join(expected_header)!r} "
+                f"(separated by {delimiter!r}), found {delimiter.join(header)!r}",
+                line=1)
+    columns = [[] for _ in range(width)]
+    lines = []
+    bad_lines = []
+    for row in reader:
+        if len(row) == width:
+            for column, value in zip(columns, row):
+                column.append(value)
+            lines.append(reader.line_num)
+        elif row and any(field.strip() for field in row):
+            bad_lines.append(reader.line_num)
+    file_report.rows_read += len(lines) + len(bad_lines)
+    file_report.drop(f"malformed line (expected {width} fields)", bad_lines)
+    return columns, lines
+
+
+def _norm(name):
+    return "".join(ch for ch in name.strip().lower() if ch.isalnum())

@@ -1,0 +1,213 @@
+"""Exports trained towers as TF Serving SavedModels, with item embeddings and a manifest.
+
+Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the highest):
+
+    user_tower/<version>/        serving_default: user features -> {"embedding": [batch, k+2]}
+    item_tower/<version>/        serving_default: item features -> {"embedding": [batch, k+2]}
+    scorer/<version>/            serving_default: user + item features -> {"rating": [batch]}
+    item_embeddings/<version>/   embeddings.npy (float32 [items, k+2]), item_ids.txt, items.csv
+    models.config                TF Serving model_config_list for the three SavedModels
+    manifest.json                version, dimensions, signatures, data, config, metrics
+
+A version is written into a staging folder and renamed into place, then the manifest is replaced
+atomically, so an interrupted export leaves every earlier version and the manifest intact.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from tte_tfrs import _keras_env  # noqa: F401
+import tensorflow as tf
+
+from tte_tfrs.data.pipeline import make_tf_dataset
+
+MODELS = ("user_tower", "item_tower", "scorer")
+EMBEDDINGS = "item_embeddings"
+MANIFEST = "manifest.json"
+MODELS_CONFIG = "models.config"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """Where an export went.
+
+    Attributes:
+      output_dir: the export root.
+      version: the version written.
+      paths: model name -> version folder (plus ``item_embeddings``).
+      manifest: the manifest written.
+    """
+
+    output_dir: str
+    version: int
+    paths: dict
+    manifest: dict
+
+
+def existing_versions(output_dir):
+    """Versions present for every model under `output_dir`, ascending."""
+    found = None
+    for model in MODELS:
+        folder = os.path.join(output_dir, model)
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        versions = {int(n) for n in names if n.isdigit()}
+        found = versions if found is None else found & versions
+    return sorted(found or ())
+
+
+def _signature(fn, specs, output_name):
+    """A serving signature taking each spec as a named 1-D input and returning {output_name: ...}."""
+    names = [spec.name for spec in specs]
+
+    @tf.function(input_signature=[spec.tensor_spec() for spec in specs])
+    def serve(*tensors):
+        return {output_name: fn(dict(zip(names, tensors)))}
+
+    return serve.get_concrete_function()
+
+
+def _signature_doc(specs, outputs):
+    return {"inputs": {s.name: {"dtype": s.dtype.name, "shape": [-1], "kind": s.kind,
+                                "description": s.description} for s in specs},
+            "outputs": outputs}
+
+
+def _save(module, signature, path):
+    tf.saved_model.save(module, path, signatures={"serving_default": signature})
+
+
+def item_embeddings(item_tower, catalogue, specs, batch_size=8192):
+    """Runs the item tower over every catalogue row; returns float32 [items, k + 2]."""
+    columns = {s.name: catalogue[s.name].to_numpy() for s in specs}
+    for spec in specs:
+        if spec.kind != "number":
+            columns[spec.name] = columns[spec.name].astype(object)
+    data = make_tf_dataset(columns, batch_size)
+    return np.concatenate([item_tower(batch).numpy() for batch in data]).astype(np.float32)
+
+
+def _models_config(output_dir):
+    entries = "".join(
+        "  config {\n"
+        f"    name: \"{name}\"\n"
+        f"    base_path: \"{os.path.join(os.path.abspath(output_dir), name)}\"\n"
+        "    model_platform: \"tensorflow\"\n"
+        "  }\n" for name in MODELS)
+    return "model_config_list {\n" + entries + "}\n"
+
+
+def _write_atomically(path, text):
+    folder = os.path.dirname(path)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def export(result, output_dir, version=None):
+    """Writes the towers, scorer, item embeddings, models.config and manifest of a `TrainResult`.
+
+    Args:
+      result: the `TrainResult` of `tte_tfrs.train`.
+      output_dir: export root (created if needed).
+      version: the version number; None means one more than the highest present.
+
+    Returns:
+      An `ExportResult`.
+
+    Raises:
+      FileExistsError: `version` is already present (versions are never overwritten).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    present = existing_versions(output_dir)
+    version = int(version) if version is not None else (present[-1] + 1 if present else 1)
+    for model in MODELS + (EMBEDDINGS,):
+        if os.path.exists(os.path.join(output_dir, model, str(version))):
+            raise FileExistsError(f"{os.path.join(output_dir, model, str(version))} exists; "
+                                  "versions are never overwritten: pass another version")
+    dataset, model = result.dataset, result.model
+    user_specs, item_specs = dataset.user_features, dataset.item_features
+    user_tower, item_tower = model.user_tower, model.item_tower
+
+    staging = tempfile.mkdtemp(dir=output_dir, prefix=f".staging-{version}-")
+    try:
+        module = tf.Module()
+        module.user_tower = user_tower
+        _save(module, _signature(user_tower, user_specs, "embedding"),
+              os.path.join(staging, "user_tower"))
+        module = tf.Module()
+        module.item_tower = item_tower
+        _save(module, _signature(item_tower, item_specs, "embedding"),
+              os.path.join(staging, "item_tower"))
+        module = tf.Module()
+        module.user_tower, module.item_tower = user_tower, item_tower
+        _save(module, _signature(model, user_specs + item_specs, "rating"),
+              os.path.join(staging, "scorer"))
+
+        catalogue = dataset.catalogue()
+        embeddings = item_embeddings(item_tower, catalogue, item_specs)
+        folder = os.path.join(staging, EMBEDDINGS)
+        os.makedirs(folder)
+        np.save(os.path.join(folder, "embeddings.npy"), embeddings)
+        with open(os.path.join(folder, "item_ids.txt"), "w", encoding="utf-8") as f:
+            f.writelines(f"{item_id}\n" for item_id in catalogue["item_id"])
+        catalogue.to_csv(os.path.join(folder, "items.csv"), index=False)
+
+        paths = {}
+        for name in MODELS + (EMBEDDINGS,):
+            target = os.path.join(output_dir, name, str(version))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(os.path.join(staging, name), target)
+            paths[name] = target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    dim = user_tower.output_dim
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "embedding_dim": dim,
+        "latent_dim": user_tower.latent_dim,
+        "embedding_layout": {"user": "[latent_0..latent_{k-1}, user_bias + global_mean, 1]",
+                             "item": "[latent_0..latent_{k-1}, 1, item_bias]",
+                             "rating": "dot(user_embedding, item_embedding)"},
+        "signatures": {
+            "user_tower": _signature_doc(user_specs, {"embedding": {"dtype": "float32",
+                                                                    "shape": [-1, dim]}}),
+            "item_tower": _signature_doc(item_specs, {"embedding": {"dtype": "float32",
+                                                                    "shape": [-1, dim]}}),
+            "scorer": _signature_doc(user_specs + item_specs, {"rating": {"dtype": "float32",
+                                                                          "shape": [-1]}}),
+        },
+        "item_embeddings": {"path": f"{EMBEDDINGS}/{version}", "count": int(len(embeddings)),
+                            "files": ["embeddings.npy", "item_ids.txt", "items.csv"]},
+        "dataset": {"name": dataset.name, "layout": dataset.layout, "source": dataset.source,
+                    "rating_scale": list(dataset.rating_scale),
+                    "counts": dataset.counts(), "splits": result.splits.sizes(),
+                    "report": dataset.report.to_dict()},
+        "config": result.config.to_dict(),
+        "metrics": result.metrics,
+        "history": result.history,
+    }
+    _write_atomically(os.path.join(output_dir, MODELS_CONFIG), _models_config(output_dir))
+    _write_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=2,
+                                                                      default=_json_default))
+    return ExportResult(output_dir=output_dir, version=version, paths=paths, manifest=manifest)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the manifest")

@@ -1,0 +1,131 @@
+"""Feature specifications: the raw inputs of each tower, their dtypes and how they are standardised.
+
+The standardising functions here are TensorFlow ops, used both inside the exported towers and when the
+vocabularies are built, so training, export and serving agree on every string.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tte_tfrs import _keras_env  # noqa: F401  (must precede TensorFlow)
+import tensorflow as tf
+
+KINDS = ("id", "category", "location", "number", "text", "tags")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One raw feature of a tower.
+
+    Attributes:
+      name: input name in the exported signature and column name in the tables.
+      kind: how it is encoded: ``id`` (one embedding row per value, out-of-vocabulary slot for new
+        ones), ``category`` (like id, for low-cardinality values), ``location`` (a
+        "city, state, country" string; country and state get their own embeddings), ``number``
+        (bucketised; missing, non-positive or out-of-range values share one slot), ``text`` (words
+        averaged) or ``tags`` (``|``-separated labels averaged).
+      description: what the value is, for the manifest and the README.
+      boundaries: bucket boundaries of a ``number``; values outside (boundaries[0], boundaries[-1]]
+        count as missing.
+      normalize: ``isbn`` to upper-case ids and drop everything but letters and digits.
+    """
+
+    name: str
+    kind: str
+    description: str = ""
+    boundaries: tuple = ()
+    normalize: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"feature {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "number" and len(self.boundaries) < 2:
+            raise ValueError(f"feature {self.name!r}: a number needs at least two boundaries")
+
+    @property
+    def dtype(self):
+        return tf.float32 if self.kind == "number" else tf.string
+
+    @property
+    def missing_value(self):
+        """The value that stands for 'unknown' in tables and requests."""
+        return np.nan if self.kind == "number" else ""
+
+    def tensor_spec(self):
+        return tf.TensorSpec(shape=[None], dtype=self.dtype, name=self.name)
+
+
+def normalize_id(values, how):
+    """Standardises id strings: strips spaces; for ``isbn`` also upper-cases and keeps only [0-9A-Z]."""
+    values = tf.strings.strip(values)
+    if how == "isbn":
+        values = tf.strings.regex_replace(tf.strings.upper(values), "[^0-9A-Z]", "")
+    return values
+
+
+def location_parts(values):
+    """Splits "city, state, country" strings into (country, state), lower-cased and stripped.
+
+    Missing parts and placeholders such as "n/a" become the empty string.
+    """
+    parts = tf.strings.split(tf.strings.lower(values), sep=",")
+    # Two empty parts in front of every row, so the last and second-to-last parts always exist.
+    padding = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([tf.size(values), 2]), ""))
+    padded = tf.concat([padding, parts], axis=1)
+    last = padded.row_limits() - 1
+    country = _clean_part(tf.gather(padded.values, last))
+    state = _clean_part(tf.gather(padded.values, last - 1))
+    return country, state
+
+
+def _clean_part(values):
+    values = tf.strings.strip(values)
+    values = tf.strings.regex_replace(values, r'^["\s.]+|["\s.]+$', "")
+    placeholder = tf.strings.regex_full_match(values, r"n/?a|none|unknown|-+|\?+")
+    return tf.where(placeholder, tf.constant(""), values)
+
+
+def sanitize_number(values, boundaries):
+    """Maps NaN, non-positive and out-of-range values to 0, the 'missing' bucket's input."""
+    low, high = float(boundaries[0]), float(boundaries[-1])
+    valid = tf.logical_and(values > low, values <= high)
+    valid = tf.logical_and(valid, tf.logical_not(tf.math.is_nan(values)))
+    return tf.where(valid, values, tf.zeros_like(values))
+
+
+def standardize_strings(spec, values):
+    """The string values a lookup sees for `spec` (ids normalised, locations split).
+
+    Returns:
+      A dict from vocabulary name (the feature name, or ``name/country`` and ``name/state`` for a
+      location) to a string tensor.
+    """
+    if spec.kind == "id":
+        return {spec.name: normalize_id(values, spec.normalize)}
+    if spec.kind == "category":
+        return {spec.name: tf.strings.strip(values)}
+    if spec.kind == "location":
+        country, state = location_parts(values)
+        return {f"{spec.name}/country": country, f"{spec.name}/state": state}
+    raise ValueError(f"feature {spec.name!r} of kind {spec.kind!r} has no string standardisation")
+
+
+def text_tokens(values):
+    """Lower-cases, removes punctuation and splits on white space (a ragged tensor of words)."""
+    values = tf.strings.lower(values)
+    values = tf.strings.regex_replace(values, r"[^\w\s']|'(?:s\b)?", " ")
+    return tf.strings.split(values)
+
+
+def tag_tokens(values):
+    """Splits ``|``-separated labels (a ragged tensor)."""
+    return tf.strings.split(tf.strings.strip(values), sep="|")
+
+
+def standardize_column(spec, values):
+    """Runs `standardize_strings` on a numpy/pandas column; returns {vocabulary name: str array}."""
+    tensor = tf.constant(np.asarray(values, dtype=object).astype(str))
+    out = standardize_strings(spec, tensor)
+    return {key: np.char.decode(t.numpy().astype(bytes), "utf-8") if t.shape[0] else np.array([], str)
+            for key, t in out.items()}

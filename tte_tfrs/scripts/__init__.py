@@ -1,0 +1,1 @@
+"""absl-flag console scripts; the only place flags exist."""

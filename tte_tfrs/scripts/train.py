@@ -1,0 +1,77 @@
+"""tte-train: train the two-tower rating model and export it for TF Serving.
+
+Example:
+  tte-train                                   # embedded data -> saved_models/
+  tte-train --data_dir=~/Downloads/archive.zip --epochs=20
+  tte-train --data_dir=ml-100k --dataset=movielens --split=u1
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
+from tte_tfrs.data.loader import DATASETS
+from tte_tfrs.errors import TteError
+from tte_tfrs.pipeline import train_and_export
+
+_DEFAULTS = TrainConfig()
+
+flags.DEFINE_string("data_dir", None, "Data folder or zip archive; default: the embedded data.")
+flags.DEFINE_enum("dataset", "auto", DATASETS, "Data layout; auto detects it from the file names.")
+flags.DEFINE_string("output_dir", "saved_models", "Export folder (TF Serving layout).")
+flags.DEFINE_string("split", _DEFAULTS.split, "'random' or a MovieLens fold u1..u5, ua, ub.")
+flags.DEFINE_integer("embedding_dim", _DEFAULTS.embedding_dim, "Latent dimension k.")
+flags.DEFINE_list("hidden_units", list(map(str, _DEFAULTS.hidden_units)),
+                  "Optional ReLU layer sizes per tower, e.g. 64,32.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Maximum epochs (early stopping may end sooner).")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Mini-batch size.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate.")
+flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, OPTIMIZERS, "Optimizer.")
+flags.DEFINE_enum("regularizer", _DEFAULTS.regularizer, REGULARIZERS, "J: l1 or l2 norm.")
+flags.DEFINE_float("regularization", _DEFAULTS.regularization, "gamma, the strength of J.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for split, initialisation and shuffling.")
+flags.DEFINE_float("validation_fraction", _DEFAULTS.validation_fraction, "Validation share.")
+flags.DEFINE_float("test_fraction", _DEFAULTS.test_fraction, "Test share (random split).")
+flags.DEFINE_integer("early_stopping_patience", _DEFAULTS.early_stopping_patience,
+                     "Epochs without better validation RMSE before stopping; 0 disables.")
+flags.DEFINE_bool("include_implicit", False,
+                  "Also train on implicit interactions (Book-Crossing rating 0) as ratings of 0.")
+flags.DEFINE_string("tensorboard_dir", None,
+                    "TensorBoard logs and checkpoints; default OUTPUT_DIR/logs.")
+flags.DEFINE_integer("verbose", 2, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        config = TrainConfig(
+            data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
+            embedding_dim=FLAGS.embedding_dim,
+            hidden_units=tuple(int(h) for h in FLAGS.hidden_units), epochs=FLAGS.epochs,
+            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+            optimizer=FLAGS.optimizer, regularizer=FLAGS.regularizer,
+            regularization=FLAGS.regularization, seed=FLAGS.seed,
+            validation_fraction=FLAGS.validation_fraction, test_fraction=FLAGS.test_fraction,
+            early_stopping_patience=FLAGS.early_stopping_patience,
+            include_implicit=FLAGS.include_implicit,
+            log_dir=FLAGS.tensorboard_dir or os.path.join(FLAGS.output_dir, "logs"),
+            verbose=FLAGS.verbose)
+        train_and_export(config, FLAGS.output_dir)
+    except (TteError, ValueError, OSError) as exc:
+        print(f"tte-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,167 @@
+"""User and item towers: raw features in, one embedding out, preprocessing included.
+
+Each feature is encoded to a (k + 1)-vector: k latent dimensions and one bias. A tower sums its
+features' vectors (or runs them through ReLU layers when ``hidden_units`` is set) and folds the bias
+into extra dimensions so that the plain dot product of a user and an item embedding is
+
+    <u, v> = <latent_u, latent_i> + (b_u + mu) * 1 + 1 * b_i
+
+i.e. the predicted rating with global mean mu and user and item biases, and an ANN index over item
+embeddings ranks by predicted rating.
+"""
+
+import zlib
+
+from tte_tfrs import _keras_env  # noqa: F401
+import tensorflow as tf
+
+from tte_tfrs import features
+
+USER = "user"
+ITEM = "item"
+
+
+def make_regularizer(kind, strength):
+    """The Keras regularizer for J: ``l1`` or ``l2`` with strength gamma (None when gamma is 0)."""
+    if strength == 0:
+        return None
+    return tf.keras.regularizers.L1(strength) if kind == "l1" else tf.keras.regularizers.L2(strength)
+
+
+def _initializer(seed, name, stddev=0.05):
+    # A seed per table keeps initial values independent of layer creation order.
+    return tf.keras.initializers.RandomNormal(stddev=stddev, seed=seed + zlib.crc32(name.encode()))
+
+
+class LookupEncoder(tf.keras.layers.Layer):
+    """Ids and categories: a string lookup with one out-of-vocabulary slot, then an embedding."""
+
+    def __init__(self, spec, vocabularies, width, regularizer, seed, **kwargs):
+        super().__init__(name=f"{spec.name}_encoder", **kwargs)
+        self.spec = spec
+        self.lookups = {}
+        self.embeddings = {}
+        for key, vocabulary in sorted(vocabularies.items()):
+            safe = key.replace("/", "_")
+            self.lookups[key] = tf.keras.layers.StringLookup(
+                vocabulary=vocabulary or None, num_oov_indices=1, mask_token=None,
+                name=f"{safe}_lookup")
+            self.embeddings[key] = tf.keras.layers.Embedding(
+                len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, key),
+                embeddings_regularizer=regularizer, name=f"{safe}_embedding")
+
+    def call(self, values):
+        standardized = features.standardize_strings(self.spec, values)
+        return tf.add_n([self.embeddings[key](self.lookups[key](standardized[key]))
+                         for key in sorted(self.lookups)])
+
+
+class NumberEncoder(tf.keras.layers.Layer):
+    """Numbers: bucketised by the spec's boundaries; missing or out-of-range values share bucket 0."""
+
+    def __init__(self, spec, width, regularizer, seed, **kwargs):
+        super().__init__(name=f"{spec.name}_encoder", **kwargs)
+        self.spec = spec
+        self.buckets = tf.keras.layers.Discretization(bin_boundaries=list(spec.boundaries[:-1]),
+                                                      name=f"{spec.name}_buckets")
+        self.embedding = tf.keras.layers.Embedding(
+            len(spec.boundaries), width, embeddings_initializer=_initializer(seed, spec.name),
+            embeddings_regularizer=regularizer, name=f"{spec.name}_embedding")
+
+    def call(self, values):
+        clean = features.sanitize_number(tf.cast(values, tf.float32), self.spec.boundaries)
+        return self.embedding(self.buckets(clean))
+
+
+class TokenEncoder(tf.keras.layers.Layer):
+    """Text and tags: the mean embedding of the words (or labels); no words gives zeros."""
+
+    def __init__(self, spec, vocabulary, width, regularizer, seed, **kwargs):
+        super().__init__(name=f"{spec.name}_encoder", **kwargs)
+        self.spec = spec
+        self.tokenize = features.text_tokens if spec.kind == "text" else features.tag_tokens
+        self.lookup = tf.keras.layers.StringLookup(
+            vocabulary=vocabulary or None, num_oov_indices=1, mask_token=None,
+            name=f"{spec.name}_lookup")
+        self.embedding = tf.keras.layers.Embedding(
+            len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, spec.name),
+            embeddings_regularizer=regularizer, name=f"{spec.name}_embedding")
+
+    def call(self, values):
+        tokens = self.tokenize(values)
+        vectors = tf.ragged.map_flat_values(self.embedding, self.lookup(tokens))
+        total = tf.reduce_sum(vectors, axis=1)
+        count = tf.cast(tf.maximum(tokens.row_lengths(), 1), total.dtype)
+        return total / count[:, tf.newaxis]
+
+
+def make_encoder(spec, vocabularies, width, regularizer, seed):
+    if spec.kind == "number":
+        return NumberEncoder(spec, width, regularizer, seed)
+    if spec.kind in ("text", "tags"):
+        return TokenEncoder(spec, vocabularies.get(spec.name, []), width, regularizer, seed)
+    keys = [spec.name] if spec.kind != "location" else [f"{spec.name}/country",
+                                                         f"{spec.name}/state"]
+    return LookupEncoder(spec, {k: vocabularies.get(k, []) for k in keys}, width, regularizer, seed)
+
+
+class Tower(tf.keras.Model):
+    """Maps a dict of raw features to an embedding of size latent_dim + 2 (biases folded in).
+
+    Args:
+      specs: the tower's `FeatureSpec`s.
+      vocabularies: from `build_vocabularies`.
+      latent_dim: k.
+      side: ``user`` (embedding ``[latent, b_u + mu, 1]``) or ``item`` (``[latent, 1, b_i]``).
+      regularizer: Keras regularizer for every embedding table and kernel (or None).
+      hidden_units: optional ReLU layer sizes applied to the concatenated feature vectors.
+      global_mean: initial mu (user side only; trained with the rest).
+      seed: initialisation seed.
+    """
+
+    def __init__(self, specs, vocabularies, latent_dim, side, regularizer=None, hidden_units=(),
+                 global_mean=0.0, seed=0, **kwargs):
+        super().__init__(name=f"{side}_tower", **kwargs)
+        if side not in (USER, ITEM):
+            raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
+        self.specs = tuple(specs)
+        self.latent_dim = int(latent_dim)
+        self.side = side
+        self.encoders = [make_encoder(spec, vocabularies, latent_dim + 1, regularizer,
+                                      seed + 7919 * (side == ITEM)) for spec in self.specs]
+        self.hidden = [tf.keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
+                                             kernel_initializer=tf.keras.initializers.GlorotUniform(
+                                                 seed=seed + n), name=f"hidden_{n}")
+                       for n, units in enumerate(hidden_units)]
+        if self.hidden:
+            self.projection = tf.keras.layers.Dense(
+                latent_dim + 1, kernel_regularizer=regularizer, name="projection",
+                kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + 99))
+        if side == USER:
+            self.global_mean = self.add_weight(
+                name="global_mean", shape=(), trainable=True,
+                initializer=tf.keras.initializers.Constant(float(global_mean)))
+
+    def get_config(self):
+        # Descriptive only: towers are restored from SavedModels or rebuilt from a TrainConfig.
+        return {"side": self.side, "latent_dim": self.latent_dim,
+                "features": [spec.name for spec in self.specs]}
+
+    @property
+    def output_dim(self):
+        return self.latent_dim + 2
+
+    def call(self, inputs):
+        parts = [encoder(inputs[spec.name]) for spec, encoder in zip(self.specs, self.encoders)]
+        if self.hidden:
+            hidden = tf.concat(parts, axis=1)
+            for layer in self.hidden:
+                hidden = layer(hidden)
+            encoded = self.projection(hidden)
+        else:
+            encoded = tf.add_n(parts)
+        latent, bias = encoded[:, : self.latent_dim], encoded[:, self.latent_dim:]
+        ones = tf.ones_like(bias)
+        if self.side == USER:
+            return tf.concat([latent, bias + self.global_mean, ones], axis=1)
+        return tf.concat([latent, ones, bias], axis=1)

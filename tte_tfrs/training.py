@@ -1,0 +1,135 @@
+"""Training: data set -> splits -> vocabularies -> towers -> fitted model -> test metrics."""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from tte_tfrs import _keras_env  # noqa: F401
+import tensorflow as tf
+
+from tte_tfrs.config import TrainConfig
+from tte_tfrs.data.dataset import join_features
+from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.data.pipeline import make_tf_dataset
+from tte_tfrs.data.split import split_ratings
+from tte_tfrs.model import RATING, TwoTowerRatingModel
+from tte_tfrs.towers import ITEM, USER, Tower, make_regularizer
+from tte_tfrs.vocabulary import build_vocabularies
+
+PREDICT_BATCH = 8192
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+      model: the fitted `TwoTowerRatingModel` (best validation weights when early stopping ran).
+      config: the `TrainConfig` used.
+      dataset: the `Dataset` trained on.
+      splits: the `Splits` used.
+      metrics: ``test_rmse``, ``test_mae``, ``baseline_rmse`` and ``baseline_mae`` (global mean of
+        the training ratings), ``validation_rmse``, ``epochs_run``, ``train_seconds`` and
+        ``train_examples_per_second``.
+      history: Keras history (per-epoch loss, rmse, val_rmse, ...).
+    """
+
+    model: TwoTowerRatingModel
+    config: TrainConfig
+    dataset: object
+    splits: object
+    metrics: dict
+    history: dict
+
+
+def build_model(config, dataset, train_columns, global_mean):
+    """Builds (untrained) towers and model for `dataset` with vocabularies from the training rows."""
+    specs = dataset.user_features + dataset.item_features
+    vocabularies = build_vocabularies(specs, train_columns, config.min_count,
+                                      config.max_text_tokens)
+    regularizer = make_regularizer(config.regularizer, config.regularization)
+    user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
+                       config.hidden_units, global_mean=global_mean, seed=config.seed)
+    item_tower = Tower(dataset.item_features, vocabularies, config.embedding_dim, ITEM, regularizer,
+                       config.hidden_units, seed=config.seed)
+    return TwoTowerRatingModel(user_tower, item_tower)
+
+
+def make_optimizer(config):
+    optimizers = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
+                  "sgd": tf.keras.optimizers.SGD, "rmsprop": tf.keras.optimizers.RMSprop}
+    return optimizers[config.optimizer](learning_rate=config.learning_rate)
+
+
+def predict(model, columns, batch_size=PREDICT_BATCH):
+    """Predicted ratings (numpy float32) for a dict of feature columns."""
+    data = make_tf_dataset({k: v for k, v in columns.items() if k != RATING}, batch_size)
+    return np.concatenate([model(batch).numpy() for batch in data]) if len(columns[RATING]) else \
+        np.zeros(0, np.float32)
+
+
+def rmse_mae(truth, predicted):
+    error = np.asarray(truth, np.float64) - np.asarray(predicted, np.float64)
+    return float(np.sqrt(np.mean(error ** 2))), float(np.mean(np.abs(error)))
+
+
+def train(config=TrainConfig(), dataset=None):
+    """Trains the two-tower rating model and measures it on the test split.
+
+    Args:
+      config: a `TrainConfig`.
+      dataset: an already loaded `Dataset`; None loads ``config.data_dir``.
+
+    Returns:
+      A `TrainResult`.
+
+    Raises:
+      DataError: the data cannot be read. ConfigError: the config does not fit the data.
+    """
+    config.validate()
+    tf.keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if dataset is None:
+        dataset = load_dataset(config.data_dir, config.dataset)
+    splits = split_ratings(dataset, config.split, config.validation_fraction, config.test_fraction,
+                           config.include_implicit, config.seed)
+    train_columns = join_features(splits.train, dataset)
+    validation_columns = join_features(splits.validation, dataset)
+    global_mean = float(np.mean(train_columns[RATING]))
+
+    model = build_model(config, dataset, train_columns, global_mean)
+    model.compile(optimizer=make_optimizer(config))
+    callbacks = []
+    if config.early_stopping_patience:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_rmse", mode="min", patience=config.early_stopping_patience,
+            restore_best_weights=True))
+    if config.log_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
+        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
+            os.path.join(config.log_dir, "checkpoints", "epoch-{epoch:03d}"),
+            save_weights_only=True, monitor="val_rmse", mode="min", save_best_only=True))
+
+    train_data = make_tf_dataset(train_columns, config.batch_size, shuffle=True, seed=config.seed)
+    validation_data = make_tf_dataset(validation_columns, PREDICT_BATCH)
+    started = time.perf_counter()
+    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
+                        callbacks=callbacks, verbose=config.verbose)
+    train_seconds = time.perf_counter() - started
+    epochs_run = len(history.history.get("loss", []))
+
+    metrics = {"epochs_run": epochs_run, "train_seconds": round(train_seconds, 3),
+               "train_examples_per_second": round(epochs_run * len(splits.train) / train_seconds)}
+    metrics["validation_rmse"], metrics["validation_mae"] = rmse_mae(
+        validation_columns[RATING], predict(model, validation_columns))
+    if len(splits.test):
+        test_columns = join_features(splits.test, dataset)
+        metrics["test_rmse"], metrics["test_mae"] = rmse_mae(
+            test_columns[RATING], predict(model, test_columns))
+        metrics["baseline_rmse"], metrics["baseline_mae"] = rmse_mae(
+            test_columns[RATING], np.full(len(splits.test), global_mean))
+    return TrainResult(model=model, config=config, dataset=dataset, splits=splits, metrics=metrics,
+                       history={k: [float(x) for x in v] for k, v in history.history.items()})

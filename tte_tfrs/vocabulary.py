@@ -1,0 +1,48 @@
+"""Builds the vocabularies of the tower lookups from training data."""
+
+import numpy as np
+import pandas as pd
+
+from tte_tfrs import features
+
+
+def build_vocabularies(specs, columns, min_count, max_text_tokens):
+    """Lists, for each lookup of `specs`, the values that get their own embedding row.
+
+    Values are ordered by descending frequency, then alphabetically, so the result (and therefore
+    the model) does not depend on row order. The empty string never gets a row: it means unknown
+    and falls into the out-of-vocabulary slot with every unseen value.
+
+    Args:
+      specs: `FeatureSpec`s of one tower.
+      columns: dict from feature name to the training column (numpy array).
+      min_count: frequency needed by categories, locations, words and tags. Ids need one rating.
+      max_text_tokens: the most frequent words kept per text feature.
+
+    Returns:
+      A dict from lookup name (feature name, or ``location/country`` and ``location/state``) to a
+      list of strings. Number features have none.
+    """
+    vocabularies = {}
+    for spec in specs:
+        if spec.kind == "number":
+            continue
+        values = columns[spec.name]
+        if spec.kind in ("text", "tags"):
+            tokenize = features.text_tokens if spec.kind == "text" else features.tag_tokens
+            tokens = tokenize(np.asarray(values, dtype=object).astype(str)).flat_values.numpy()
+            counted = _ranked(pd.Series(tokens).map(lambda b: b.decode("utf-8")), min_count)
+            vocabularies[spec.name] = counted[: max_text_tokens]
+            continue
+        needed = 1 if spec.kind == "id" else min_count
+        for name, standardized in features.standardize_column(spec, values).items():
+            vocabularies[name] = _ranked(pd.Series(standardized), needed)
+    return vocabularies
+
+
+def _ranked(series, min_count):
+    counts = series[series != ""].value_counts()
+    counts = counts[counts >= min_count]
+    frame = pd.DataFrame({"value": counts.index.astype(str), "count": counts.to_numpy()})
+    frame = frame.sort_values(["count", "value"], ascending=[False, True], kind="stable")
+    return frame["value"].tolist()
