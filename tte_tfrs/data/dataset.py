@@ -87,10 +87,11 @@ def join_features(ratings, dataset):
     """
     user_cols = [s.name for s in dataset.user_features]
     item_cols = [s.name for s in dataset.item_features]
-    users = fill_missing(dataset.users, dataset.user_features)[user_cols]
-    items = fill_missing(dataset.items, dataset.item_features)[item_cols]
-    joined = ratings[["user_id", "item_id", "rating"]].merge(users, on="user_id", how="left")
-    joined = joined.merge(items, on="item_id", how="left")
+    users = fill_missing(dataset.users, dataset.user_features)[_with_key("user_id", user_cols)]
+    items = fill_missing(dataset.items, dataset.item_features)[_with_key("item_id", item_cols)]
+    joined = ratings[["user_id", "item_id", "rating"]].merge(users, on="user_id", how="left",
+                                                            validate="many_to_one")
+    joined = joined.merge(items, on="item_id", how="left", validate="many_to_one")
     joined = fill_missing(joined, dataset.user_features + dataset.item_features)
     columns = {name: joined[name].to_numpy() for name in user_cols + item_cols}
     for name in user_cols + item_cols:
@@ -98,3 +99,7 @@ def join_features(ratings, dataset):
             columns[name] = columns[name].astype(object)
     columns["rating"] = joined["rating"].to_numpy(dtype=np.float32)
     return columns
+
+
+def _with_key(key, columns):
+    return [key] + [c for c in columns if c != key]

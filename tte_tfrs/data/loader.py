@@ -8,8 +8,17 @@ from tte_tfrs.data.movielens import read_movielens
 from tte_tfrs.errors import DataError
 
 DATASETS = ("auto", "kaggle", "bx", "movielens")
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "data", "book-crossing")
+
+def _default_data_dir():
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    checkout = os.path.join(os.path.dirname(package), "data", "book-crossing")
+    if os.path.isdir(checkout):
+        return checkout
+    # A regular install carries the repository's data/ folder as the tte_tfrs.embedded package.
+    return os.path.join(package, "embedded", "book-crossing")
+
+
+DEFAULT_DATA_DIR = _default_data_dir()
 
 
 def detect_layout(files):

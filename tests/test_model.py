@@ -1,0 +1,85 @@
+"""The tfrs model: loss, regularization, determinism, quality against the planted truth."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tte_tfrs.data.dataset import join_features
+from tte_tfrs.training import predict, train
+from conftest import tiny_config
+
+
+def test_loss_goes_down_and_beats_the_global_mean(trained):
+    history = trained.history
+    assert history["total_loss"][-1] < 0.7 * history["total_loss"][0]
+    assert trained.metrics["test_rmse"] < 0.9 * trained.metrics["baseline_rmse"]
+    assert trained.metrics["test_mae"] < trained.metrics["baseline_mae"]
+
+
+def test_prediction_is_the_dot_product_of_the_towers(trained):
+    columns = join_features(trained.splits.test.head(64), trained.dataset)
+    batch = {k: tf.constant(v) for k, v in columns.items()}
+    u = trained.model.user_tower(batch).numpy()
+    v = trained.model.item_tower(batch).numpy()
+    np.testing.assert_allclose(trained.model(batch).numpy(), np.sum(u * v, axis=1), rtol=1e-6)
+
+
+def test_predictions_follow_the_planted_truth(trained, tiny_data):
+    truth = tiny_data[1]
+    lookup = truth.lookup()
+    test = trained.splits.test
+    rows = [lookup.get(key) for key in zip(test["user_id"], test["item_id"])]
+    mask = np.array([r is not None for r in rows])
+    expected = truth.expected_rating()[[r for r in rows if r is not None]]
+    predicted = predict(trained.model, join_features(test[mask], trained.dataset))
+    assert np.corrcoef(predicted, expected)[0, 1] > 0.5
+
+
+def regularization_loss(model):
+    return float(sum(float(loss) for loss in model.losses))
+
+
+def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data):
+    losses = {}
+    for kind in ("l1", "l2"):
+        for gamma in (0.0, 1e-4, 1e-3):
+            result = train(tiny_config(tiny_data[0], epochs=1, regularizer=kind,
+                                       regularization=gamma))
+            losses[kind, gamma] = (regularization_loss(result.model),
+                                   result.history["regularization_loss"][-1])
+    for kind in ("l1", "l2"):
+        assert losses[kind, 0.0] == (0.0, 0.0)
+        assert 0 < losses[kind, 1e-4][0] < losses[kind, 1e-3][0]
+        assert losses[kind, 1e-4][1] > 0                   # reported by tfrs during training
+    assert losses["l1", 1e-3][0] != pytest.approx(losses["l2", 1e-3][0])
+
+
+def weights_of(result):
+    return [w.numpy() for w in result.model.trainable_weights]
+
+
+def test_same_seed_same_model_other_seed_other_model(tiny_data):
+    first = train(tiny_config(tiny_data[0], epochs=2))
+    second = train(tiny_config(tiny_data[0], epochs=2))
+    other = train(tiny_config(tiny_data[0], epochs=2, seed=43))
+    assert first.splits.test["line"].tolist() == second.splits.test["line"].tolist()
+    for a, b in zip(weights_of(first), weights_of(second)):
+        np.testing.assert_array_equal(a, b)
+    assert first.metrics["test_rmse"] == second.metrics["test_rmse"]
+    assert first.splits.test["line"].tolist() != other.splits.test["line"].tolist()
+
+
+def test_implicit_ratings_are_excluded_unless_asked(tiny_data):
+    import tte_tfrs
+    from tte_tfrs.data.split import split_ratings
+    dataset = tte_tfrs.load_dataset(tiny_data[0])
+    explicit = split_ratings(dataset)
+    everything = split_ratings(dataset, include_implicit=True)
+    assert (explicit.train["rating"] > 0).all()
+    assert (everything.train["rating"] == 0).any()
+    n_explicit = sum(explicit.sizes().values())
+    assert n_explicit == dataset.counts()["explicit_ratings"]
+    assert sum(everything.sizes().values()) == len(dataset.ratings)
+    keys = [set(zip(s["user_id"], s["item_id"])) for s in
+            (explicit.train, explicit.validation, explicit.test)]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])

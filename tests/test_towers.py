@@ -1,0 +1,108 @@
+"""Feature standardisation, vocabularies and towers."""
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tte_tfrs import features
+from tte_tfrs.data.dataset import join_features
+from tte_tfrs.features import FeatureSpec
+from tte_tfrs.towers import ITEM, USER, Tower, make_regularizer
+from tte_tfrs.vocabulary import build_vocabularies
+
+
+def strings(tensor):
+    return [v.decode() for v in tensor.numpy()]
+
+
+def test_location_parts_country_and_state():
+    country, state = features.location_parts(tf.constant(
+        ["nyc, new york, usa", "porto, v.n.gaia, portugal", "", "x, n/a, n/a", "berlin", " a , b ,"]))
+    assert strings(country) == ["usa", "portugal", "", "", "berlin", ""]
+    assert strings(state) == ["new york", "v.n.gaia", "", "", "", "b"]
+
+
+def test_isbn_normalisation():
+    out = features.normalize_id(tf.constant([" 0330299891", ",.0330486187", "0 00 612183 7",
+                                             "034542252x", "0-19-515344-8"]), "isbn")
+    assert strings(out) == ["0330299891", "0330486187", "0006121837", "034542252X", "0195153448"]
+
+
+def test_sanitize_number_maps_invalid_to_missing():
+    out = features.sanitize_number(tf.constant([0.0, 244.0, float("nan"), -3.0, 18.0, 100.0]),
+                                   (4.0, 50.0, 100.0))
+    assert out.numpy().tolist() == [0.0, 0.0, 0.0, 0.0, 18.0, 100.0]
+
+
+def test_text_tokens():
+    assert [t.decode() for t in features.text_tokens(tf.constant(["The Cat's Hat: A Story!"]))[0]
+            .numpy()] == ["the", "cat", "hat", "a", "story"]
+
+
+def test_vocabularies_do_not_depend_on_row_order():
+    specs = (FeatureSpec("user_id", "id"), FeatureSpec("country", "category"),
+             FeatureSpec("title", "text"))
+    columns = {"user_id": np.array(["b", "a", "c", "a"], dtype=object),
+               "country": np.array(["usa", "uk", "usa", ""], dtype=object),
+               "title": np.array(["red fox", "blue fox", "fox", "red"], dtype=object)}
+    first = build_vocabularies(specs, columns, min_count=2, max_text_tokens=10)
+    reordered = {k: v[::-1] for k, v in columns.items()}
+    assert build_vocabularies(specs, reordered, 2, 10) == first
+    assert first["user_id"] == ["a", "b", "c"]          # ids need one rating; by count, then name
+    assert first["country"] == ["usa"]                  # 'uk' is rarer than min_count; '' never
+    assert first["title"] == ["fox", "red"]
+
+
+def build_towers(dataset, latent_dim=4, gamma=1e-3, hidden=()):
+    columns = join_features(dataset.ratings.head(3000), dataset)
+    vocab = build_vocabularies(dataset.user_features + dataset.item_features, columns, 2, 1000)
+    reg = make_regularizer("l2", gamma)
+    user = Tower(dataset.user_features, vocab, latent_dim, USER, reg, hidden, global_mean=7.5)
+    item = Tower(dataset.item_features, vocab, latent_dim, ITEM, reg, hidden)
+    return user, item, columns
+
+
+def test_towers_fold_biases_into_the_embedding(tiny_data):
+    import tte_tfrs
+    dataset = tte_tfrs.load_dataset(tiny_data[0])
+    user, item, columns = build_towers(dataset)
+    batch = {k: tf.constant(v[:16]) for k, v in columns.items()}
+    u, v = user(batch).numpy(), item(batch).numpy()
+    assert u.shape == v.shape == (16, 6)
+    np.testing.assert_array_equal(u[:, -1], np.ones(16))      # user: [latent, b_u + mu, 1]
+    np.testing.assert_array_equal(v[:, -2], np.ones(16))      # item: [latent, 1, b_i]
+    assert abs(float(np.mean(u[:, -2])) - 7.5) < 0.5          # the global mean sits in the user bias
+
+
+def test_unseen_ids_and_missing_features_still_embed(tiny_data):
+    import tte_tfrs
+    dataset = tte_tfrs.load_dataset(tiny_data[0])
+    user, item, _ = build_towers(dataset, hidden=(8,))
+    new_user = {"user_id": tf.constant(["never-seen", ""]), "location": tf.constant(["", "x, y, z"]),
+                "age": tf.constant([float("nan"), 500.0])}
+    new_item = {"item_id": tf.constant(["NEW"]), "title": tf.constant([""]),
+                "author": tf.constant([""]), "publisher": tf.constant([""]),
+                "year": tf.constant([0.0])}
+    assert np.all(np.isfinite(user(new_user).numpy()))
+    assert np.all(np.isfinite(item(new_item).numpy()))
+
+
+def test_every_table_is_regularized(tiny_data):
+    import tte_tfrs
+    dataset = tte_tfrs.load_dataset(tiny_data[0])
+    user, item, columns = build_towers(dataset, hidden=(8,))
+    batch = {k: tf.constant(v[:4]) for k, v in columns.items()}
+    user(batch), item(batch)
+    tables = [w for w in user.trainable_weights + item.trainable_weights
+              if "embedding" in w.name or "kernel" in w.name]
+    assert len(user.losses) + len(item.losses) == len(tables) > 0
+
+
+def test_join_features_fills_unknowns(tiny_data):
+    import tte_tfrs
+    dataset = tte_tfrs.load_dataset(tiny_data[0])
+    ratings = pd.DataFrame({"user_id": ["no-such-user"], "item_id": ["NO-SUCH-ITEM"],
+                            "rating": [5.0], "line": [1]})
+    columns = join_features(ratings, dataset)
+    assert columns["location"][0] == "" and np.isnan(columns["age"][0])
+    assert columns["title"][0] == "" and columns["rating"][0] == 5.0
