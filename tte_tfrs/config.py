@@ -48,14 +48,14 @@ class TrainConfig:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     include_implicit: bool = False
-    embedding_dim: int = 32
+    embedding_dim: int = 16
     hidden_units: tuple = ()
     epochs: int = 30
     batch_size: int = 1024
-    learning_rate: float = 0.005
+    learning_rate: float = 0.01
     optimizer: str = "adam"
     regularizer: str = "l2"
-    regularization: float = 1e-5
+    regularization: float = 1e-4
     min_count: int = 2
     max_text_tokens: int = 20000
     early_stopping_patience: int = 3

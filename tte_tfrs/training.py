@@ -64,10 +64,11 @@ def make_optimizer(config):
 
 
 def predict(model, columns, batch_size=PREDICT_BATCH):
-    """Predicted ratings (numpy float32) for a dict of feature columns."""
-    data = make_tf_dataset({k: v for k, v in columns.items() if k != RATING}, batch_size)
-    return np.concatenate([model(batch).numpy() for batch in data]) if len(columns[RATING]) else \
-        np.zeros(0, np.float32)
+    """Predicted ratings (numpy float32) for a dict of feature columns (``rating`` is ignored)."""
+    features = {k: v for k, v in columns.items() if k != RATING}
+    if not len(next(iter(features.values()))):
+        return np.zeros(0, np.float32)
+    return np.concatenate([model(batch).numpy() for batch in make_tf_dataset(features, batch_size)])
 
 
 def rmse_mae(truth, predicted):

@@ -73,9 +73,9 @@ class SyntheticConfig:
       seed: seeds everything; same seed, same bytes.
     """
 
-    n_users: int = 3000
-    n_items: int = 3000
-    n_interactions: int = 60000
+    n_users: int = 1500
+    n_items: int = 1000
+    n_interactions: int = 80000
     latent_dim: int = 4
     noise: float = 1.0
     implicit_fraction: float = 0.4
