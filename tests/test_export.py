@@ -50,7 +50,9 @@ def test_layout_and_models_config(exported):
     for name in MODELS:
         assert f'name: "{name}"' in config
         assert f'base_path: "{os.path.join(os.path.abspath(root), name)}"' in config
-    assert config.count("model_platform: \"tensorflow\"") == 3
+    assert config.count("model_platform: \"tensorflow\"") == len(MODELS) == 4
+    for name in ("users.csv", "rated.npz"):
+        assert os.path.isfile(os.path.join(root, "users", "1", name))
 
 
 def test_manifest_records_what_serving_needs(exported, trained):
@@ -73,8 +75,9 @@ def test_item_embeddings_match_the_item_tower(exported, trained):
     folder = os.path.join(exported.output_dir, "item_embeddings", "1")
     embeddings = np.load(os.path.join(folder, "embeddings.npy"))
     ids = open(os.path.join(folder, "item_ids.txt"), encoding="utf-8").read().splitlines()
-    catalogue = trained.dataset.catalogue()
+    catalogue = trained.dataset.catalogue().sort_values("item_id").reset_index(drop=True)
     assert ids == catalogue["item_id"].tolist() and len(set(ids)) == len(ids)
+    assert ids == sorted(ids)                      # row order is id order: ties go to the lower id
     rows = catalogue.head(10)
     batch = {s.name: tf.constant(rows[s.name].to_numpy().astype(
         np.float32 if s.kind == "number" else object)) for s in trained.dataset.item_features}

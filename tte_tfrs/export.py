@@ -5,8 +5,12 @@ Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the h
     user_tower/<version>/        serving_default: user features -> {"embedding": [batch, k+2]}
     item_tower/<version>/        serving_default: item features -> {"embedding": [batch, k+2]}
     scorer/<version>/            serving_default: user + item features -> {"rating": [batch]}
-    item_embeddings/<version>/   embeddings.npy (float32 [items, k+2]), item_ids.txt, items.csv
-    models.config                TF Serving model_config_list for the three SavedModels
+    retrieval/<version>/         serving_default: user features -> {"item_ids", "scores"} [batch, top_k]
+                                 (brute force over the embedded item table, stock TF ops only)
+    item_embeddings/<version>/   embeddings.npy (float32 [items, k+2]), item_ids.txt, items.csv,
+                                 rows sorted by item id
+    users/<version>/             users.csv (known users' features), rated.npz (who rated what)
+    models.config                TF Serving model_config_list for the four SavedModels
     manifest.json                version, dimensions, signatures, data, config, metrics
 
 A version is written into a staging folder and renamed into place, then the manifest is replaced
@@ -21,14 +25,18 @@ import shutil
 import tempfile
 
 import numpy as np
+import pandas as pd
 
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
+from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.pipeline import make_tf_dataset
 
-MODELS = ("user_tower", "item_tower", "scorer")
+MODELS = ("user_tower", "item_tower", "scorer", "retrieval")
 EMBEDDINGS = "item_embeddings"
+USERS = "users"
+RETRIEVAL_K = 100
 MANIFEST = "manifest.json"
 MODELS_CONFIG = "models.config"
 FORMAT_VERSION = 1
@@ -113,13 +121,34 @@ def _write_atomically(path, text):
     os.replace(temporary, path)
 
 
-def export(result, output_dir, version=None):
+def _retrieval_module(user_tower, embeddings, ids, k):
+    """A tf.Module: raw user features -> exact top-k item ids and scores (tfrs BruteForce)."""
+    import tensorflow_recommenders as tfrs
+    layer = tfrs.layers.factorized_top_k.BruteForce(k=k)
+    layer.index(tf.constant(embeddings), tf.constant(np.asarray(ids, dtype=object)))
+    module = tf.Module()
+    module.user_tower, module.top_k = user_tower, layer
+    return module, layer
+
+
+def rated_items(ratings, item_ids):
+    """Compressed who-rated-what: user ids, and per user the catalogue rows they interacted with."""
+    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
+    frame = ratings[["user_id", "item_id"]].assign(row=ratings["item_id"].map(row_of))
+    frame = frame.dropna(subset=["row"]).sort_values(["user_id", "row"], kind="stable")
+    users, starts = np.unique(frame["user_id"].to_numpy().astype(str), return_index=True)
+    offsets = np.append(starts, len(frame)).astype(np.int64)
+    return {"user_ids": users, "offsets": offsets, "rows": frame["row"].to_numpy(np.int64)}
+
+
+def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
     """Writes the towers, scorer, item embeddings, models.config and manifest of a `TrainResult`.
 
     Args:
       result: the `TrainResult` of `tte_tfrs.train`.
       output_dir: export root (created if needed).
       version: the version number; None means one more than the highest present.
+      retrieval_k: how many items the retrieval SavedModel returns per user.
 
     Returns:
       An `ExportResult`.
@@ -130,7 +159,7 @@ def export(result, output_dir, version=None):
     os.makedirs(output_dir, exist_ok=True)
     present = existing_versions(output_dir)
     version = int(version) if version is not None else (present[-1] + 1 if present else 1)
-    for model in MODELS + (EMBEDDINGS,):
+    for model in MODELS + (EMBEDDINGS, USERS):
         if os.path.exists(os.path.join(output_dir, model, str(version))):
             raise FileExistsError(f"{os.path.join(output_dir, model, str(version))} exists; "
                                   "versions are never overwritten: pass another version")
@@ -153,7 +182,7 @@ def export(result, output_dir, version=None):
         _save(module, _signature(model, user_specs + item_specs, "rating"),
               os.path.join(staging, "scorer"))
 
-        catalogue = dataset.catalogue()
+        catalogue = dataset.catalogue().sort_values("item_id", kind="stable").reset_index(drop=True)
         embeddings = item_embeddings(item_tower, catalogue, item_specs)
         folder = os.path.join(staging, EMBEDDINGS)
         os.makedirs(folder)
@@ -162,8 +191,30 @@ def export(result, output_dir, version=None):
             f.writelines(f"{item_id}\n" for item_id in catalogue["item_id"])
         catalogue.to_csv(os.path.join(folder, "items.csv"), index=False)
 
+        retrieval_k = int(min(retrieval_k, len(catalogue)))
+        module, top_k = _retrieval_module(user_tower, embeddings, catalogue["item_id"], retrieval_k)
+
+        def recommend(features):
+            scores, ids = top_k(user_tower(features))
+            return {"scores": scores, "item_ids": ids}
+
+        names = [spec.name for spec in user_specs]
+        serve = tf.function(lambda *tensors: recommend(dict(zip(names, tensors))),
+                            input_signature=[spec.tensor_spec() for spec in user_specs])
+        _save(module, serve.get_concrete_function(), os.path.join(staging, "retrieval"))
+
+        folder = os.path.join(staging, USERS)
+        os.makedirs(folder)
+        users = dataset.users
+        extra = pd.DataFrame({"user_id": np.setdiff1d(dataset.ratings["user_id"].unique(),
+                                                      users["user_id"].to_numpy())})
+        fill_missing(pd.concat([users, extra], ignore_index=True), user_specs).to_csv(
+            os.path.join(folder, "users.csv"), index=False)
+        np.savez(os.path.join(folder, "rated.npz"), **rated_items(dataset.ratings,
+                                                                  catalogue["item_id"].tolist()))
+
         paths = {}
-        for name in MODELS + (EMBEDDINGS,):
+        for name in MODELS + (EMBEDDINGS, USERS):
             target = os.path.join(output_dir, name, str(version))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.rename(os.path.join(staging, name), target)
@@ -188,7 +239,12 @@ def export(result, output_dir, version=None):
                                                                     "shape": [-1, dim]}}),
             "scorer": _signature_doc(user_specs + item_specs, {"rating": {"dtype": "float32",
                                                                           "shape": [-1]}}),
+            "retrieval": _signature_doc(user_specs, {
+                "item_ids": {"dtype": "string", "shape": [-1, retrieval_k]},
+                "scores": {"dtype": "float32", "shape": [-1, retrieval_k]}}),
         },
+        "retrieval_k": retrieval_k,
+        "users": {"path": f"{USERS}/{version}", "files": ["users.csv", "rated.npz"]},
         "item_embeddings": {"path": f"{EMBEDDINGS}/{version}", "count": int(len(embeddings)),
                             "files": ["embeddings.npy", "item_ids.txt", "items.csv"]},
         "dataset": {"name": dataset.name, "layout": dataset.layout, "source": dataset.source,

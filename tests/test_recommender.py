@@ -1,0 +1,152 @@
+"""Recommending from an export: by id, by features, in batches; errors; the retrieval SavedModel."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from tte_tfrs.indexing import build_index
+from tte_tfrs.recommender import Recommender, RecommendationError
+from tte_tfrs.retrieval import ItemIndex
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(scope="module")
+def recommender(exported):
+    return Recommender.load(exported.output_dir, backend="exact")
+
+
+def a_user_with_ratings(recommender):
+    users = recommender._rated["user_ids"]
+    counts = np.diff(recommender._rated["offsets"])
+    return str(users[int(np.argmax(counts))])
+
+
+def test_recommend_by_id_is_sorted_exact_and_skips_rated(recommender):
+    user = a_user_with_ratings(recommender)
+    recs = recommender.recommend(user, k=10)
+    assert len(recs) == 10 and [r.rank for r in recs] == list(range(1, 11))
+    scores = [r.score for r in recs]
+    assert scores == sorted(scores, reverse=True)
+    rated = {str(recommender.index.ids[row]) for row in recommender.rated_rows(user)}
+    assert rated and not rated & {r.item_id for r in recs}
+    query = recommender.user_embeddings([recommender.user_features(user)])[0]
+    rows = [int(np.flatnonzero(recommender.index.ids == r.item_id)[0]) for r in recs]
+    np.testing.assert_allclose(scores, recommender.index.embeddings[rows] @ query, rtol=1e-5)
+    everything = recommender.index.embeddings @ query
+    everything[recommender.rated_rows(user)] = -np.inf
+    assert recs[0].score == pytest.approx(float(everything.max()), rel=1e-5)
+    with_rated = recommender.recommend(user, k=10, exclude_rated=False)
+    assert with_rated[0].score >= recs[0].score
+
+
+def test_titles_come_with_the_items(recommender):
+    recs = recommender.recommend(a_user_with_ratings(recommender), k=5)
+    assert all(isinstance(r.title, str) for r in recs) and any(r.title for r in recs)
+
+
+def test_new_user_from_features_only(recommender):
+    recs = recommender.recommend(features={"location": "salem, california, usa", "age": 33}, k=5)
+    assert len(recs) == 5
+    other = recommender.recommend(features={"location": "porto, lisboa, portugal", "age": 70}, k=5)
+    assert [r.item_id for r in recs] != [r.item_id for r in other] or \
+        [r.score for r in recs] != [r.score for r in other]
+    unknown_id = recommender.recommend("no-such-user", {"age": 40}, k=3)
+    assert len(unknown_id) == 3
+
+
+def test_same_request_same_ranking_across_loads_and_batches(recommender, exported):
+    users = list(recommender._rated["user_ids"][:5])
+    single = [recommender.recommend(u, k=8) for u in users]
+    batch = recommender.recommend_batch(users, k=8)
+    again = Recommender.load(exported.output_dir, backend="exact").recommend_batch(users, k=8)
+    assert single == batch == again
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    ({"user_id": "no-such-user"}, "unknown user id 'no-such-user'"),
+    ({"user_id": None}, "give a user id or user features"),
+    ({"features": {"age": "old"}}, "'age' must be a number"),
+    ({"features": {"shoe_size": 3}}, "unknown user feature(s) shoe_size"),
+    ({"features": {"age": 30}, "k": 0}, "k must be between 1"),
+    ({"features": {"age": 30}, "k": 10**9}, "k must be between 1"),
+    ({"features": {"age": 30}, "k": 2.5}, "k must be a whole number"),
+])
+def test_bad_requests_get_clear_errors(recommender, request_kwargs, message):
+    with pytest.raises(RecommendationError) as info:
+        recommender.recommend(**request_kwargs)
+    assert message in str(info.value)
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(RecommendationError, match="holds no export"):
+        Recommender.load(str(tmp_path))
+
+
+def test_saved_index_is_used_and_recorded(exported):
+    index, meta = build_index(exported.output_dir, "faiss-hnsw")
+    manifest = json.load(open(os.path.join(exported.output_dir, "manifest.json")))
+    assert manifest["indexes"]["faiss-hnsw"]["fingerprint"] == meta["fingerprint"]
+    loaded = Recommender.load(exported.output_dir, backend="faiss-hnsw", build_if_missing=False)
+    assert loaded.index.name == index.name and not loaded.index.notes
+    exact = Recommender.load(exported.output_dir, backend="exact")
+    user = a_user_with_ratings(exact)
+    assert [r.item_id for r in loaded.recommend(user, k=5)] == \
+        [r.item_id for r in exact.recommend(user, k=5)]
+
+
+RETRIEVAL_CLIENT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+request = json.load(sys.stdin)
+fn = tf.saved_model.load(request.pop("__path__")).signatures["serving_default"]
+out = fn(**{k: tf.constant(v, dtype=tf.float32 if k == "age" else tf.string) for k, v in request.items()})
+print(json.dumps({"ids": [[i.decode() for i in row] for row in out["item_ids"].numpy()],
+                  "scores": out["scores"].numpy().tolist(),
+                  "tte_tfrs": any(m.startswith("tte_tfrs") for m in sys.modules)}))
+"""
+
+
+def test_retrieval_savedmodel_answers_in_plain_tensorflow(exported, recommender):
+    user = a_user_with_ratings(recommender)
+    features = recommender.user_features(user)
+    request = {"__path__": os.path.join(exported.output_dir, "retrieval", "1"),
+               **{k: [v] for k, v in features.items()}}
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    done = subprocess.run([sys.executable, "-c", RETRIEVAL_CLIENT], input=json.dumps(request),
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["tte_tfrs"] is False
+    k = exported.manifest["retrieval_k"]
+    expected = recommender.recommend(user, k=k, exclude_rated=False)
+    assert answer["ids"][0] == [r.item_id for r in expected]
+    np.testing.assert_allclose(answer["scores"][0], [r.score for r in expected], rtol=1e-5)
+
+
+def test_index_and_recommend_scripts(exported, capsys):
+    from tte_tfrs.scripts import index as index_script
+    from tte_tfrs.scripts import recommend as recommend_script
+    if not FLAGS.is_parsed():
+        FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact"):
+        assert index_script.main(["tte-index"]) == 0
+    assert "Built exact index" in capsys.readouterr().out
+    user = str(np.loadtxt(os.path.join(exported.output_dir, "users", "1", "users.csv"),
+                          dtype=str, delimiter=",", skiprows=1, usecols=0, max_rows=1))
+    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact", user_id=user, k=3,
+                             format="json"):
+        assert recommend_script.main(["tte-recommend"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["recommendations"]) == 3 and answer["user_id"] == user
+    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact", user_id=None,
+                             feature=["age=abc"], format="table"):
+        assert recommend_script.main(["tte-recommend"]) == 2
+    assert "'age' must be a number" in capsys.readouterr().err

@@ -1,0 +1,236 @@
+"""Recommendations from an export: user tower -> ANN candidates -> exact dot products -> top k."""
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from tte_tfrs import _keras_env  # noqa: F401
+import tensorflow as tf
+
+from tte_tfrs.errors import TteError
+from tte_tfrs.export import EMBEDDINGS, MANIFEST, USERS
+from tte_tfrs.retrieval import DEFAULT_BACKEND, ItemIndex
+
+INDEX_DIR = "index"
+
+
+class RecommendationError(TteError, ValueError):
+    """A request cannot be answered: unknown user, bad feature value, k out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """One recommended item.
+
+    Attributes:
+      rank: 1 for the best item.
+      item_id: the item's id (ISBN for Book-Crossing).
+      score: the predicted rating, <user embedding, item embedding>.
+      title: the item's title, or "" when the data set had none.
+    """
+
+    rank: int
+    item_id: str
+    score: float
+    title: str
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def index_folder(output_dir, backend, version):
+    return os.path.join(output_dir, INDEX_DIR, backend, str(version))
+
+
+def read_manifest(output_dir):
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise RecommendationError(f"{output_dir} holds no export ({MANIFEST} is missing); "
+                                  "train one with tte-train --output_dir=" + str(output_dir))
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_item_table(output_dir, version):
+    """(embeddings, ids, titles) of the export's item catalogue."""
+    folder = os.path.join(output_dir, EMBEDDINGS, str(version))
+    embeddings = np.load(os.path.join(folder, "embeddings.npy"))
+    with open(os.path.join(folder, "item_ids.txt"), encoding="utf-8") as f:
+        ids = np.array(f.read().splitlines(), dtype=object)
+    items = pd.read_csv(os.path.join(folder, "items.csv"), dtype={"item_id": str},
+                        keep_default_na=False)
+    titles = items["title"].astype(str).to_numpy() if "title" in items else np.full(len(ids), "")
+    return embeddings, ids, titles
+
+
+class Recommender:
+    """Answers recommendation requests for one exported version.
+
+    Build it with `Recommender.load`. Requests name a known user by id, or give raw user features
+    (a new user with no id, or overrides for a known one). Items the user has rated are skipped unless
+    ``exclude_rated=False``. Identical embeddings give identical rankings: scores are exact dot
+    products and ties go to the lower item id.
+    """
+
+    def __init__(self, manifest, user_tower, index, titles, users, rated):
+        self.manifest = manifest
+        self.version = manifest["version"]
+        self._user_tower = user_tower
+        self.index = index
+        self._titles = titles
+        self._specs = manifest["signatures"]["user_tower"]["inputs"]
+        self._users = users
+        self._rated = rated
+        self._rated_position = {u: n for n, u in enumerate(rated["user_ids"])}
+
+    @classmethod
+    def load(cls, output_dir, backend=DEFAULT_BACKEND, search_params=None, build_if_missing=True):
+        """Loads the current export of `output_dir` and its `backend` index.
+
+        Args:
+          output_dir: an export root written by tte-train.
+          backend: ``faiss-ivfpq``, ``scann``, ``faiss-hnsw`` or ``exact``.
+          search_params: search-time overrides for the backend, e.g. ``{"nprobe": 64}``.
+          build_if_missing: build the index in memory (with default settings) when none was saved.
+
+        Raises:
+          RecommendationError: no export there. IndexMismatchError: the saved index belongs to other
+          embeddings. ConfigError: unknown backend, or ScaNN not installed.
+        """
+        manifest = read_manifest(output_dir)
+        version = manifest["version"]
+        embeddings, ids, titles = load_item_table(output_dir, version)
+        folder = index_folder(output_dir, backend, version)
+        if os.path.exists(folder) or not build_if_missing:
+            index = ItemIndex.load(folder, embeddings, ids, version, search_params)
+        else:
+            index = ItemIndex.build(embeddings, ids, backend, search_params=search_params)
+            index.notes.append(f"no saved {backend} index for version {version}; built one in "
+                               "memory (save it with tte-index)")
+        user_tower = tf.saved_model.load(os.path.join(output_dir, "user_tower", str(version)))
+        users_folder = os.path.join(output_dir, USERS, str(version))
+        users = pd.read_csv(os.path.join(users_folder, "users.csv"), dtype=str,
+                            keep_default_na=False).set_index("user_id", drop=False)
+        with np.load(os.path.join(users_folder, "rated.npz"), allow_pickle=False) as rated:
+            rated = {key: rated[key] for key in rated.files}
+        return cls(manifest, user_tower.signatures["serving_default"], index, titles, users, rated)
+
+    @property
+    def catalogue_size(self):
+        return len(self.index.ids)
+
+    def rated_rows(self, user_id):
+        """Catalogue rows the user has rated or interacted with (empty for unknown users)."""
+        position = self._rated_position.get(str(user_id))
+        if position is None:
+            return np.zeros(0, np.int64)
+        offsets = self._rated["offsets"]
+        return self._rated["rows"][offsets[position]:offsets[position + 1]]
+
+    def user_features(self, user_id=None, features=None):
+        """The raw tower inputs for one request, validated; see `recommend`."""
+        features = dict(features or {})
+        unknown = sorted(set(features) - set(self._specs))
+        if unknown:
+            raise RecommendationError(f"unknown user feature(s) {', '.join(unknown)}; the user tower "
+                                      f"takes {', '.join(self._specs)}")
+        row = {}
+        if user_id is not None:
+            user_id = str(user_id).strip()
+            if user_id in self._users.index:
+                row = self._users.loc[user_id].to_dict()
+            elif len(features) == 0:
+                raise RecommendationError(
+                    f"unknown user id {user_id!r}: not in this export's users. Give the user's "
+                    f"features instead ({', '.join(n for n in self._specs if n != 'user_id')}) to "
+                    "recommend for a new user.")
+            row["user_id"] = user_id
+        elif not features:
+            raise RecommendationError("give a user id or user features")
+        row.update(features)
+        values = {}
+        for name, spec in self._specs.items():
+            value = row.get(name)
+            if spec["dtype"] == "float32":
+                values[name] = _as_float(name, value)
+            else:
+                values[name] = "" if value is None or _is_nan(value) else str(value)
+        return values
+
+    def user_embeddings(self, requests):
+        """User embeddings [len(requests), dim] for a list of feature dicts from `user_features`."""
+        inputs = {}
+        for name, spec in self._specs.items():
+            column = [r[name] for r in requests]
+            dtype = tf.float32 if spec["dtype"] == "float32" else tf.string
+            inputs[name] = tf.constant(column, dtype=dtype)
+        return self._user_tower(**inputs)["embedding"].numpy()
+
+    def recommend(self, user_id=None, features=None, k=10, exclude_rated=True):
+        """Top-k items for one user.
+
+        Args:
+          user_id: a known user's id; its stored features are used (and `features` override them).
+            An unknown id needs `features`; it then falls back to the out-of-vocabulary slot.
+          features: raw user features by name (e.g. ``{"location": "porto, , portugal",
+            "age": 31}``); missing ones count as unknown.
+          k: number of items, 1 to the catalogue size.
+          exclude_rated: skip items the user has rated (known users only).
+
+        Returns:
+          A list of `Recommendation`, best first.
+
+        Raises:
+          RecommendationError: unknown user without features, unknown feature, bad value or k.
+        """
+        return self.recommend_batch([user_id], [features], k, exclude_rated)[0]
+
+    def recommend_batch(self, user_ids=None, features=None, k=10, exclude_rated=True):
+        """`recommend` for many users at once: one tower call and one batched search."""
+        k = self._check_k(k)
+        count = len(user_ids if user_ids is not None else features)
+        user_ids = list(user_ids) if user_ids is not None else [None] * count
+        features = list(features) if features is not None else [None] * count
+        if len(user_ids) != len(features):
+            raise RecommendationError(f"{len(user_ids)} user ids but {len(features)} feature sets")
+        if count == 0:
+            return []
+        requests = [self.user_features(u, f) for u, f in zip(user_ids, features)]
+        queries = self.user_embeddings(requests)
+        excluded = [self.rated_rows(u) if exclude_rated and u is not None else np.zeros(0, np.int64)
+                    for u in user_ids]
+        scores, rows = self.index.search(queries, k, excluded)
+        results = []
+        for query_scores, query_rows in zip(scores, rows):
+            valid = query_rows >= 0
+            results.append([Recommendation(rank=n + 1, item_id=str(self.index.ids[row]),
+                                           score=float(score), title=str(self._titles[row]))
+                            for n, (score, row) in enumerate(zip(query_scores[valid],
+                                                                 query_rows[valid]))])
+        return results
+
+    def _check_k(self, k):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise RecommendationError(f"k must be a whole number, got {k!r}")
+        if not 1 <= k <= self.catalogue_size:
+            raise RecommendationError(f"k must be between 1 and the catalogue size "
+                                      f"({self.catalogue_size}), got {k}")
+        return int(k)
+
+
+def _is_nan(value):
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _as_float(name, value):
+    if value is None or (isinstance(value, str) and value.strip() in ("", "nan", "NaN")):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RecommendationError(f"user feature {name!r} must be a number (float32), got "
+                                  f"{value!r}") from None
