@@ -15,7 +15,7 @@ ANN = [name for name in installed_backends() if name != "exact"]
 BUILD = {"faiss-ivfpq": {"nlist": 64, "nbits": 6}, "faiss-hnsw": {}, "scann": {"num_leaves": 60}}
 EXHAUSTIVE = {"faiss-ivfpq": {"nprobe": 64}, "faiss-hnsw": {"ef_search": 2000},
               "scann": {"leaves_to_search": 60, "pre_reorder_num_neighbors": N_ITEMS}}
-RECALL_FLOOR = {"faiss-ivfpq": 0.9, "faiss-hnsw": 0.95, "scann": 0.9}
+RECALL_FLOOR = {"faiss-ivfpq": 0.95, "faiss-hnsw": 0.95, "scann": 0.95}
 
 
 def rating_like_embeddings(seed=0):
@@ -31,6 +31,33 @@ def rating_like_embeddings(seed=0):
     users[:, -1] = 1.0
     ids = np.array([f"item-{n:05d}" for n in range(N_ITEMS)], dtype=object)
     return items, users, ids
+
+
+def tower_like_embeddings(seed=1, clusters=40, latent=16):
+    """Scales measured on a trained Book-Crossing export (see BENCHMARKS.md): item latent parts small
+    (std 0.056 per dimension) and clustered, item biases std 0.05, user latent std 0.65, user bias
+    plus mean about 3.5 +- 0.45. Default search settings are judged on this shape."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 0.05, (clusters, latent))
+    items = np.empty((N_ITEMS, latent + 2), np.float32)
+    items[:, :latent] = centers[rng.integers(clusters, size=N_ITEMS)] + rng.normal(
+        0, 0.025, (N_ITEMS, latent))
+    items[:, -2] = 1.0
+    items[:, -1] = rng.normal(0, 0.05, N_ITEMS)
+    users = np.empty((N_QUERIES, latent + 2), np.float32)
+    users[:, :latent] = rng.normal(0, 0.65, (N_QUERIES, latent))
+    users[:, -2] = rng.normal(3.5, 0.45, N_QUERIES)
+    users[:, -1] = 1.0
+    ids = np.array([f"item-{n:05d}" for n in range(N_ITEMS)], dtype=object)
+    return items, users, ids
+
+
+@pytest.fixture(scope="module")
+def tower_like():
+    items, users, ids = tower_like_embeddings()
+    _, truth_rows = ItemIndex.build(items, ids, "exact").search(users, K)
+    indexes = {name: ItemIndex.build(items, ids, name, BUILD[name]) for name in ANN}
+    return users, truth_rows, indexes
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +100,26 @@ def recall(rows, truth_rows):
 
 
 @pytest.mark.parametrize("name", ANN)
-def test_default_settings_meet_the_recall_floor(name, data, built):
-    _, users, _, truth_scores, truth_rows = data
-    scores, rows = built[name].search(users, K)
+def test_default_settings_meet_the_recall_floor(name, tower_like):
+    users, truth_rows, indexes = tower_like
+    scores, rows = indexes[name].search(users, K)
     assert recall(rows, truth_rows) >= RECALL_FLOOR[name]
     # Whatever is returned carries its exact score and comes best first.
     assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+@pytest.mark.parametrize("name", ANN)
+def test_more_search_effort_reaches_the_floor_on_harder_embeddings(name, data, built):
+    """Unstructured embeddings (latent as large as the bias) need more probes than the defaults."""
+    _, users, _, _, truth_rows = data
+    index = built[name]
+    saved = dict(index.backend.search_params)
+    index.backend.set_search_params(**{"faiss-ivfpq": {"nprobe": 16}, "faiss-hnsw": {},
+                                       "scann": {"leaves_to_search": 20}}[name])
+    try:
+        assert recall(index.search(users, K)[1], truth_rows) >= 0.9
+    finally:
+        index.backend.set_search_params(**saved)
 
 
 def test_recall_rises_with_nprobe(data, built):

@@ -28,7 +28,9 @@ def test_main_trains_and_exports(tiny_data, tmp_path, capsys):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["config"]["regularizer"] == "l1"
     assert manifest["config"]["embedding_dim"] == 4
-    assert os.path.isdir(os.path.join(out, "logs"))             # TensorBoard logs by default
+    logs = os.path.join(out, "logs")                             # TensorBoard logs by default
+    assert any(name.startswith("events.") for _, _, files in os.walk(logs) for name in files)
+    assert any(n.startswith("epoch-001") for n in os.listdir(os.path.join(logs, "checkpoints")))
 
 
 def run_script(*args):

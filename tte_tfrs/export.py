@@ -206,8 +206,8 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
         folder = os.path.join(staging, USERS)
         os.makedirs(folder)
         users = dataset.users
-        extra = pd.DataFrame({"user_id": np.setdiff1d(dataset.ratings["user_id"].unique(),
-                                                      users["user_id"].to_numpy())})
+        rating_users = pd.Index(dataset.ratings["user_id"].unique())
+        extra = pd.DataFrame({"user_id": rating_users.difference(pd.Index(users["user_id"]))})
         fill_missing(pd.concat([users, extra], ignore_index=True), user_specs).to_csv(
             os.path.join(folder, "users.csv"), index=False)
         np.savez(os.path.join(folder, "rated.npz"), **rated_items(dataset.ratings,

@@ -4,7 +4,7 @@ import numpy as np
 
 from tte_tfrs.retrieval.base import Backend, top_k_rows
 
-QUERY_BLOCK = 256
+QUERY_BLOCK = 8          # measured fastest on 339,898 x 18 (the per-query top-k dominates)
 
 
 class ExactBackend(Backend):

@@ -90,7 +90,9 @@ class IvfPqBackend(_FaissBackend):
         # About 4 sqrt(n) cells, but at least 39 training points per cell as FAISS asks.
         nlist = int(min(max(16, 4 * math.sqrt(max(count, 1))), max(count // 39, 1), 65536))
         m = math.ceil((dim + 1) / 2)        # two dimensions per sub-quantizer: accurate codes
-        nprobe = max(1, min(nlist, int(round(nlist / 8))))
+        # Measured on 339,898 Book-Crossing item embeddings (BENCHMARKS.md): nlist/32 gives recall@10
+        # 0.999 at 111x exact search's batched throughput; small indexes keep at least 16 probes.
+        nprobe = min(nlist, max(16, nlist // 32))
         return ({"nlist": nlist, "m": m, "nbits": 8, "seed": 1234, "max_norm": 0.0},
                 {"nprobe": nprobe})
 

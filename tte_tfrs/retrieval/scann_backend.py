@@ -46,8 +46,11 @@ class ScannBackend(Backend):
     def default_params(cls, count, dim):
         num_leaves = int(min(max(16, 2 * math.sqrt(max(count, 1))), max(count // 50, 1)))
         return ({"num_leaves": num_leaves, "training_sample_size": int(min(count, 250000)),
-                 "dims_per_block": 2, "anisotropic_quantization_threshold": 0.2, "reorder": 200},
-                {"leaves_to_search": max(1, num_leaves // 5), "pre_reorder_num_neighbors": 0})
+                 "dims_per_block": 2, "anisotropic_quantization_threshold": 0.2, "reorder": 1000},
+                # Measured on 339,898 Book-Crossing item embeddings (BENCHMARKS.md): 10% of the
+                # leaves with 1,000 reordered gives recall@10 0.987 at 101x exact's throughput.
+                {"leaves_to_search": min(num_leaves, max(8, num_leaves // 10)),
+                 "pre_reorder_num_neighbors": 0})
 
     @classmethod
     def minimum_items(cls, build_params):
