@@ -83,10 +83,6 @@ class Backend(abc.ABC):
     def _load(self, folder, embeddings):
         """Reads the backend's own files."""
 
-    def memory_bytes(self):
-        """Approximate bytes the index holds beyond the embedding matrix itself."""
-        return 0
-
 
 def merge_params(name, kind, defaults, overrides):
     merged = dict(defaults)

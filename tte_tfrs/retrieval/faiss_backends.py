@@ -43,8 +43,18 @@ def _pad(vectors, dim):
     return padded
 
 
-class _FaissBackend(Backend):
-    """MIPS-to-L2 plumbing: the transform, padding, score conversion, save and load."""
+class _FaissIndexFile(Backend):
+    """Saves and loads ``self.index`` as one FAISS index file."""
+
+    def _save(self, folder):
+        faiss.write_index(self.index, os.path.join(folder, INDEX_FILE))
+
+    def _load(self, folder, embeddings):
+        self.index = faiss.read_index(os.path.join(folder, INDEX_FILE))
+
+
+class _MipsToL2Backend(_FaissIndexFile):
+    """MIPS-to-L2 plumbing: the transform, padding and score conversion."""
 
     def _prepare_items(self, embeddings):
         if not self.build_params.get("max_norm"):
@@ -65,17 +75,8 @@ class _FaissBackend(Backend):
         scores[rows < 0] = -np.inf
         return scores.astype(np.float32), rows.astype(np.int64)
 
-    def _save(self, folder):
-        faiss.write_index(self.index, os.path.join(folder, INDEX_FILE))
 
-    def _load(self, folder, embeddings):
-        self.index = faiss.read_index(os.path.join(folder, INDEX_FILE))
-
-    def memory_bytes(self):
-        return int(faiss.serialize_index(self.index).nbytes)
-
-
-class IvfPqBackend(_FaissBackend):
+class IvfPqBackend(_MipsToL2Backend):
     """faiss.IndexIVFPQ over MIPS-augmented vectors.
 
     Build params: ``nlist`` (coarse cells), ``m`` (sub-quantizers; the augmented vector is
@@ -121,7 +122,7 @@ class IvfPqBackend(_FaissBackend):
         self.index.nprobe = int(min(self.search_params["nprobe"], self.build_params["nlist"]))
 
 
-class HnswBackend(Backend):
+class HnswBackend(_FaissIndexFile):
     """faiss.IndexHNSWFlat searched by inner product directly (no MIPS-to-L2 transform).
 
     Graph search degrades badly through the transform: the augmented items lie on one sphere and
@@ -149,9 +150,3 @@ class HnswBackend(Backend):
         scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
         scores[rows < 0] = -np.inf
         return scores.astype(np.float32), rows.astype(np.int64)
-
-    def _save(self, folder):
-        faiss.write_index(self.index, os.path.join(folder, INDEX_FILE))
-
-    def _load(self, folder, embeddings):
-        self.index = faiss.read_index(os.path.join(folder, INDEX_FILE))
