@@ -10,6 +10,7 @@ Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the h
     item_embeddings/<version>/   embeddings.npy (float32 [items, k+2]), item_ids.txt, items.csv,
                                  rows sorted by item id
     users/<version>/             users.csv (known users' features), rated.npz (who rated what)
+    training/<version>/          history.json (loss and RMSE per epoch), training_curve.png
     models.config                TF Serving model_config_list for the four SavedModels
     manifest.json                version, dimensions, signatures, data, config, metrics
 
@@ -32,10 +33,12 @@ import tensorflow as tf
 
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.pipeline import make_tf_dataset
+from tte_tfrs.plots import plot_training_curve
 
 MODELS = ("user_tower", "item_tower", "scorer", "retrieval")
 EMBEDDINGS = "item_embeddings"
 USERS = "users"
+TRAINING = "training"
 RETRIEVAL_K = 100
 MANIFEST = "manifest.json"
 MODELS_CONFIG = "models.config"
@@ -159,7 +162,7 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
     os.makedirs(output_dir, exist_ok=True)
     present = existing_versions(output_dir)
     version = int(version) if version is not None else (present[-1] + 1 if present else 1)
-    for model in MODELS + (EMBEDDINGS, USERS):
+    for model in MODELS + (EMBEDDINGS, USERS, TRAINING):
         if os.path.exists(os.path.join(output_dir, model, str(version))):
             raise FileExistsError(f"{os.path.join(output_dir, model, str(version))} exists; "
                                   "versions are never overwritten: pass another version")
@@ -214,7 +217,13 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
                                                                   catalogue["item_id"].tolist()))
 
         paths = {}
-        for name in MODELS + (EMBEDDINGS, USERS):
+        folder = os.path.join(staging, TRAINING)
+        os.makedirs(folder)
+        with open(os.path.join(folder, "history.json"), "w", encoding="utf-8") as f:
+            json.dump(result.history, f, indent=2)
+        plot_training_curve(result.history, os.path.join(folder, "training_curve.png"))
+
+        for name in MODELS + (EMBEDDINGS, USERS, TRAINING):
             target = os.path.join(output_dir, name, str(version))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.rename(os.path.join(staging, name), target)
@@ -245,6 +254,8 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
         },
         "retrieval_k": retrieval_k,
         "users": {"path": f"{USERS}/{version}", "files": ["users.csv", "rated.npz"]},
+        "training": {"path": f"{TRAINING}/{version}",
+                     "files": ["history.json", "training_curve.png"]},
         "item_embeddings": {"path": f"{EMBEDDINGS}/{version}", "count": int(len(embeddings)),
                             "files": ["embeddings.npy", "item_ids.txt", "items.csv"]},
         "dataset": {"name": dataset.name, "layout": dataset.layout, "source": dataset.source,

@@ -9,6 +9,7 @@ import numpy as np
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
+from tte_tfrs import metrics
 from tte_tfrs.config import TrainConfig
 from tte_tfrs.data.dataset import join_features
 from tte_tfrs.data.loader import load_dataset
@@ -72,8 +73,7 @@ def predict(model, columns, batch_size=PREDICT_BATCH):
 
 
 def rmse_mae(truth, predicted):
-    error = np.asarray(truth, np.float64) - np.asarray(predicted, np.float64)
-    return float(np.sqrt(np.mean(error ** 2))), float(np.mean(np.abs(error)))
+    return metrics.rmse(truth, predicted), metrics.mae(truth, predicted)
 
 
 def train(config=TrainConfig(), dataset=None):

@@ -16,7 +16,6 @@ from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir, --backen
 
 flags.DEFINE_string("user_id", None, "A known user's id.")
 flags.DEFINE_multi_string("feature", [], "A raw user feature as name=value; repeat for several.")
-flags.DEFINE_integer("k", 10, "How many items.")
 flags.DEFINE_bool("include_rated", False, "Also recommend items the user has already rated.")
 flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
 FLAGS = flags.FLAGS

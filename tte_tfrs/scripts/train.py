@@ -12,15 +12,12 @@ import sys
 from absl import app, flags, logging
 
 from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
-from tte_tfrs.data.loader import DATASETS
 from tte_tfrs.errors import TteError
 from tte_tfrs.pipeline import train_and_export
-from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir)
+from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir, --data_dir, --dataset)
 
 _DEFAULTS = TrainConfig()
 
-flags.DEFINE_string("data_dir", None, "Data folder or zip archive; default: the embedded data.")
-flags.DEFINE_enum("dataset", "auto", DATASETS, "Data layout; auto detects it from the file names.")
 flags.DEFINE_string("split", _DEFAULTS.split, "'random' or a MovieLens fold u1..u5, ua, ub.")
 flags.DEFINE_integer("embedding_dim", _DEFAULTS.embedding_dim, "Latent dimension k.")
 flags.DEFINE_list("hidden_units", list(map(str, _DEFAULTS.hidden_units)),
