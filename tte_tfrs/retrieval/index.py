@@ -65,8 +65,9 @@ class ItemIndex:
         merge_params(backend, "search", search_defaults, search_params)
         needed = backend_class.minimum_items(merged)
         if len(embeddings) < needed:
+            shown = {k: v for k, v in merged.items() if k not in ("seed", "max_norm")}
             note = (f"{backend}: the catalogue has {len(embeddings)} items but a trained index needs "
-                    f"at least {needed} (with {merged}); using exact search instead")
+                    f"at least {needed} (with {shown}); using exact search instead")
             return cls(ExactBackend.build(embeddings), embeddings, ids, [note])
         built = backend_class.build(embeddings, build_params, search_params)
         return cls(built, embeddings, ids)
