@@ -53,6 +53,37 @@ def _train_config(manifest):
     return TrainConfig(**{k: v for k, v in values.items() if k in fields})
 
 
+def default_threshold(rating_scale, threshold=None):
+    """The relevance threshold: `threshold`, or round(highest - 0.2 (highest - lowest))."""
+    if threshold is not None:
+        return float(threshold)
+    low, high = rating_scale
+    return float(round(high - 0.2 * (high - low)))
+
+
+def top_k_protocol(splits, held_out_split, threshold, max_users, seed=0):
+    """Who is evaluated, what is relevant to them and what must not be recommended to them.
+
+    Args:
+      splits: the `Splits` of the model under evaluation.
+      held_out_split: ``test`` or ``validation``.
+      threshold: held-out ratings at least this high are relevant.
+      max_users: sample at most this many users (seeded).
+
+    Returns:
+      (users, relevant item-id sets, {user: item ids seen in training}) where "seen" covers the
+      training split (plus validation when testing): what the model learned from.
+    """
+    held_out = splits.test if held_out_split == "test" else splits.validation
+    by_user = held_out[held_out["rating"] >= threshold].groupby("user_id")["item_id"].apply(set)
+    users = np.asarray(sorted(by_user.index), dtype=object)
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    known = [splits.train] + ([splits.validation] if held_out_split == "test" else [])
+    seen = pd.concat(known)[["user_id", "item_id"]].groupby("user_id")["item_id"].apply(list)
+    return users, [by_user[u] for u in users], seen.to_dict()
+
+
 def evaluate(config):
     """Scores the export's held-out ratings and its top-K lists.
 
@@ -89,25 +120,14 @@ def evaluate(config):
               "baseline_rmse": metrics.rmse(truth, np.full(len(truth), global_mean)),
               "baseline_mae": metrics.mae(truth, np.full(len(truth), global_mean))}
 
-    low, high = dataset.rating_scale
-    threshold = config.relevance_threshold
-    if threshold is None:
-        threshold = float(round(high - 0.2 * (high - low)))
-    relevant_rows = held_out[held_out["rating"] >= threshold]
-    by_user = relevant_rows.groupby("user_id")["item_id"].apply(set)
-    chosen = np.asarray(sorted(by_user.index), dtype=object)
-    if len(chosen) > config.max_users:
-        chosen = np.random.default_rng(0).choice(chosen, config.max_users, replace=False)
-    # Only what the model trained on is excluded, so held-out items can be found.
-    known = [splits.train] + ([splits.validation] if config.split == "test" else [])
-    seen = pd.concat(known)[["user_id", "item_id"]].groupby("user_id")["item_id"].apply(list)
+    threshold = default_threshold(dataset.rating_scale, config.relevance_threshold)
+    chosen, relevant_sets, seen = top_k_protocol(splits, config.split, threshold, config.max_users)
     exclude = [np.asarray([row_of[i] for i in seen.get(u, [])], np.int64) for u in chosen]
     depth = int(min(max(max(config.ks), config.k), len(index.ids)))
     _, rows = index.search(embeddings[[user_rows[u] for u in chosen]], depth, exclude)
     recommended = [[index.ids[r] for r in user_rows_ if r >= 0] for user_rows_ in rows]
-    relevant = [by_user[u] for u in chosen]
-    result.update(metrics.ranking_metrics(recommended, relevant, config.k, len(index.ids)))
-    result["recall_curve"] = {int(k): metrics.recall_at_k(recommended, relevant, k)
+    result.update(metrics.ranking_metrics(recommended, relevant_sets, config.k, len(index.ids)))
+    result["recall_curve"] = {int(k): metrics.recall_at_k(recommended, relevant_sets, k)
                               for k in config.ks if k <= depth}
     result.update({"relevance_threshold": threshold, "split": config.split,
                    "backend": index.name, "version": manifest["version"], "k": config.k})
