@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.export import MODELS, existing_versions, export
+from tte_tfrs.export import MODELS, export
+from tte_tfrs.lifecycle import live_versions as existing_versions
 from tte_tfrs.training import predict
 
 CLEAN_LOADER = r"""
@@ -162,7 +163,8 @@ def test_next_export_is_a_new_version_and_never_overwrites(trained, tmp_path):
 
 def test_failed_export_leaves_earlier_versions_and_manifest_untouched(trained, tmp_path,
                                                                       monkeypatch):
-    from tte_tfrs import export as export_module
+    import importlib
+    export_module = importlib.import_module("tte_tfrs.export")     # the module, not tte_tfrs.export()
     root = str(tmp_path / "models")
     export(trained, root)
     manifest_before = open(os.path.join(root, "manifest.json")).read()

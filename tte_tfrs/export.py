@@ -12,7 +12,8 @@ Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the h
     users/<version>/             users.csv (known users' features), rated.npz (who rated what)
     training/<version>/          history.json (loss and RMSE per epoch), training_curve.png
     models.config                TF Serving model_config_list for the four SavedModels
-    manifest.json                version, dimensions, signatures, data, config, metrics
+    manifest.json                the current version's manifest: dimensions, signatures, data,
+                                 config, metrics (manifests/<version>.json keeps every version's)
 
 A version is written into a staging folder and renamed into place, then the manifest is replaced
 atomically, so an interrupted export leaves every earlier version and the manifest intact.
@@ -31,6 +32,7 @@ import pandas as pd
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
+from tte_tfrs import lifecycle
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.pipeline import make_tf_dataset
 from tte_tfrs.plots import plot_training_curve
@@ -60,17 +62,6 @@ class ExportResult:
     version: int
     paths: dict
     manifest: dict
-
-
-def existing_versions(output_dir):
-    """Versions present for every model under `output_dir`, ascending."""
-    found = None
-    for model in MODELS:
-        folder = os.path.join(output_dir, model)
-        names = os.listdir(folder) if os.path.isdir(folder) else []
-        versions = {int(n) for n in names if n.isdigit()}
-        found = versions if found is None else found & versions
-    return sorted(found or ())
 
 
 def _signature(fn, specs, output_name):
@@ -114,16 +105,6 @@ def _models_config(output_dir):
     return "model_config_list {\n" + entries + "}\n"
 
 
-def _write_atomically(path, text):
-    folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 def _retrieval_module(user_tower, embeddings, ids, k):
     """A tf.Module: raw user features -> exact top-k item ids and scores (tfrs BruteForce)."""
     import tensorflow_recommenders as tfrs
@@ -157,15 +138,20 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
       An `ExportResult`.
 
     Raises:
-      FileExistsError: `version` is already present (versions are never overwritten).
+      FileExistsError: `version` was used before (versions are never overwritten or reused).
+      ExportLockedError: another process is writing to `output_dir`.
     """
-    os.makedirs(output_dir, exist_ok=True)
-    present = existing_versions(output_dir)
-    version = int(version) if version is not None else (present[-1] + 1 if present else 1)
-    for model in MODELS + (EMBEDDINGS, USERS, TRAINING):
-        if os.path.exists(os.path.join(output_dir, model, str(version))):
-            raise FileExistsError(f"{os.path.join(output_dir, model, str(version))} exists; "
-                                  "versions are never overwritten: pass another version")
+    with lifecycle.writer_lock(output_dir):
+        return _export_locked(result, output_dir, version, retrieval_k)
+
+
+def _export_locked(result, output_dir, version, retrieval_k):
+    if version is None:
+        version = lifecycle.next_version(output_dir)
+    elif int(version) in lifecycle.used_versions(output_dir):
+        raise FileExistsError(f"version {version} was already used in {output_dir}; versions are "
+                              "never overwritten or reused: leave the version out for the next one")
+    version = int(version)
     dataset, model = result.dataset, result.model
     user_specs, item_specs = dataset.user_features, dataset.item_features
     user_tower, item_tower = model.user_tower, model.item_tower
@@ -266,15 +252,6 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
         "metrics": result.metrics,
         "history": result.history,
     }
-    _write_atomically(os.path.join(output_dir, MODELS_CONFIG), _models_config(output_dir))
-    _write_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=2,
-                                                                      default=_json_default))
+    lifecycle.write_atomically(os.path.join(output_dir, MODELS_CONFIG), _models_config(output_dir))
+    lifecycle.write_manifest(output_dir, manifest)
     return ExportResult(output_dir=output_dir, version=version, paths=paths, manifest=manifest)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"cannot write {type(value).__name__} to the manifest")

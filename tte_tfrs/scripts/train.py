@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
+from tte_tfrs import lifecycle
 from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
 from tte_tfrs.errors import TteError
 from tte_tfrs.pipeline import train_and_export
@@ -38,6 +39,12 @@ flags.DEFINE_bool("include_implicit", False,
 flags.DEFINE_string("tensorboard_dir", None,
                     "TensorBoard logs and checkpoints; default OUTPUT_DIR/logs.")
 flags.DEFINE_integer("verbose", 2, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
+flags.DEFINE_string("rollback", None,
+                    "Instead of training, make the previous version of this export folder current "
+                    "again (the current one is moved to .rolled_back/).")
+flags.DEFINE_integer("keep_versions", 0,
+                     "After exporting, delete all but the newest N versions (0 keeps all); the "
+                     "current version is never deleted.")
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +53,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.rollback:
+        try:
+            rolled_back, current = lifecycle.rollback(FLAGS.rollback)
+        except (TteError, OSError) as exc:
+            print(f"tte-train: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Rolled back {FLAGS.rollback}: version {current} is current again; version "
+              f"{rolled_back} was moved to {os.path.join(FLAGS.rollback, lifecycle.ROLLED_BACK)}")
+        return 0
     try:
         config = TrainConfig(
             data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
@@ -60,6 +76,10 @@ def main(argv):
             log_dir=FLAGS.tensorboard_dir or os.path.join(FLAGS.output_dir, "logs"),
             verbose=FLAGS.verbose)
         train_and_export(config, FLAGS.output_dir)
+        if FLAGS.keep_versions:
+            removed = lifecycle.prune(FLAGS.output_dir, FLAGS.keep_versions)
+            if removed:
+                print(f"Pruned versions {', '.join(map(str, removed))} of {FLAGS.output_dir}")
     except (TteError, ValueError, OSError) as exc:
         print(f"tte-train: error: {exc}", file=sys.stderr)
         return 2
