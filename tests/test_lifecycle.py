@@ -82,3 +82,61 @@ def test_train_script_rollback_flag(trained, tmp_path, capsys):
     with flagsaver.flagsaver(rollback=root):
         assert train_script.main(["tte-train"]) == 2
     assert "needs a previous one" in capsys.readouterr().err
+
+
+KILLED_WRITER = r"""
+import sys
+import tte_tfrs
+sys.path.insert(0, sys.argv[3])
+from conftest import tiny_config
+result = tte_tfrs.train(tiny_config(sys.argv[1], epochs=1))
+print("exporting", flush=True)
+tte_tfrs.export(result, sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_a_writer_killed_mid_export_leaves_the_earlier_version_intact(trained, tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = str(tmp_path / "models")
+    export(trained, root)
+    manifest_before = open(os.path.join(root, "manifest.json")).read()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, tiny_data[0], root, os.path.dirname(__file__)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and writer.poll() is None:
+            if any(n.startswith(".staging-") and os.listdir(os.path.join(root, n))
+                   for n in os.listdir(root)):
+                break
+            time.sleep(0.01)
+        assert writer.poll() is None, "the writer finished before it could be killed"
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert live_versions(root) == [1]
+    assert open(os.path.join(root, "manifest.json")).read() == manifest_before
+    assert os.path.exists(os.path.join(root, lifecycle.LOCK_FILE))        # left by the dead writer
+    assert Recommender.load(root, backend="exact").recommend(features={"age": 30}, k=3)
+    # The next writer takes the stale lock over, cleans up and writes a complete next version.
+    assert export(trained, root).version == 2
+    assert live_versions(root) == [1, 2]
+    assert not [n for n in os.listdir(root) if n.startswith(".staging-")]
+
+
+def test_an_incomplete_version_is_removed_and_its_number_not_reused(trained, tmp_path):
+    import shutil
+    root = str(tmp_path / "models")
+    export(trained, root)
+    # A writer killed between its renames leaves one model's folder of version 2 behind.
+    shutil.copytree(os.path.join(root, "user_tower", "1"), os.path.join(root, "user_tower", "2"))
+    assert live_versions(root) == [1]
+    assert export(trained, root).version == 3
+    assert not os.path.exists(os.path.join(root, "user_tower", "2"))
+    assert live_versions(root) == [1, 3]

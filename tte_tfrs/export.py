@@ -146,9 +146,12 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
 
 
 def _export_locked(result, output_dir, version, retrieval_k):
+    # Numbers seen before the repair count as used: TF Serving may have loaded a partial version.
+    used = lifecycle.used_versions(output_dir)
+    lifecycle.repair(output_dir)
     if version is None:
-        version = lifecycle.next_version(output_dir)
-    elif int(version) in lifecycle.used_versions(output_dir):
+        version = max(used, default=0) + 1
+    elif int(version) in used:
         raise FileExistsError(f"version {version} was already used in {output_dir}; versions are "
                               "never overwritten or reused: leave the version out for the next one")
     version = int(version)

@@ -148,6 +148,34 @@ def next_version(output_dir):
     return max(used_versions(output_dir), default=0) + 1
 
 
+def repair(output_dir):
+    """Removes what an interrupted writer left: staging folders and incomplete versions.
+
+    Call it holding `writer_lock`. A version is incomplete when some but not all of its folders
+    exist (a writer killed between its final renames); the current version is never touched.
+
+    Returns:
+      The paths removed.
+    """
+    removed = []
+    for name in os.listdir(output_dir):
+        if name.startswith((".staging-", ".old-index-")):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            removed.append(os.path.join(output_dir, name))
+    current = None
+    if os.path.exists(os.path.join(output_dir, MANIFEST)):
+        with open(os.path.join(output_dir, MANIFEST), encoding="utf-8") as f:
+            current = json.load(f).get("version")
+    complete = set(live_versions(output_dir))
+    for name in VERSIONED:
+        folder = os.path.join(output_dir, name)
+        for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+            if entry.isdigit() and int(entry) not in complete and int(entry) != current:
+                shutil.rmtree(os.path.join(folder, entry))
+                removed.append(os.path.join(folder, entry))
+    return removed
+
+
 def _version_folders(output_dir, version):
     folders = [os.path.join(output_dir, name, str(version)) for name in VERSIONED]
     index_root = os.path.join(output_dir, INDEX)
