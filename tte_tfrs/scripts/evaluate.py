@@ -8,12 +8,12 @@ Example:
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tte_tfrs.errors import TteError
 from tte_tfrs.evaluation import EvaluationConfig, evaluate
 from tte_tfrs.plots import plot_recall_curve
-from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir, --backend)
+from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --backend and start()
 
 flags.DEFINE_enum("eval_split", "test", ["test", "validation"],
                  "Held-out rows of the export's own split to score.")
@@ -42,9 +42,7 @@ def format_result(result):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    shared_flags.start(argv)
     try:
         config = EvaluationConfig(
             output_dir=FLAGS.output_dir, data_dir=FLAGS.data_dir, dataset=FLAGS.dataset,

@@ -9,11 +9,11 @@ Example:
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tte_tfrs.errors import TteError
 from tte_tfrs.indexing import build_index
-from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir, --backend)
+from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --backend and start()
 
 flags.DEFINE_integer("nlist", None, "faiss-ivfpq: coarse cells (default about 4 sqrt(items)).")
 flags.DEFINE_integer("m", None, "faiss-ivfpq: PQ sub-quantizers (default (dim + 1) / 2).")
@@ -43,9 +43,7 @@ def backend_params(backend):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    shared_flags.start(argv)
     try:
         started = time.perf_counter()
         index, meta = build_index(FLAGS.output_dir, FLAGS.backend, *backend_params(FLAGS.backend))

@@ -8,11 +8,11 @@ Example:
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tte_tfrs.errors import TteError
 from tte_tfrs.recommender import Recommender
-from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir, --backend)
+from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --backend and start()
 
 flags.DEFINE_string("user_id", None, "A known user's id.")
 flags.DEFINE_multi_string("feature", [], "A raw user feature as name=value; repeat for several.")
@@ -42,9 +42,7 @@ def format_table(recommendations):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    shared_flags.start(argv)
     try:
         features = parse_features(FLAGS.feature)
         recommender = Recommender.load(FLAGS.output_dir, backend=FLAGS.backend)

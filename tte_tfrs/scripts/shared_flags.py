@@ -1,6 +1,6 @@
 """Flags that several scripts share, defined once so the scripts can live in one process."""
 
-from absl import flags
+from absl import app, flags, logging
 
 from tte_tfrs.data.loader import DATASETS
 from tte_tfrs.retrieval import BACKENDS, DEFAULT_BACKEND
@@ -15,3 +15,10 @@ DATA_DIR = flags.DEFINE_string("data_dir", None,
                                "tte-evaluate: default the data the export was trained on.")
 DATASET = flags.DEFINE_enum("dataset", "auto", list(DATASETS),
                             "Data layout; auto detects it from the file names.")
+
+
+def start(argv):
+    """Common start of every script's main: refuse stray arguments, quiet TensorFlow's logging."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)

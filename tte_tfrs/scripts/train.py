@@ -9,13 +9,13 @@ Example:
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tte_tfrs import lifecycle
 from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
 from tte_tfrs.errors import TteError
 from tte_tfrs.pipeline import train_and_export
-from tte_tfrs.scripts import shared_flags  # noqa: F401  (--output_dir, --data_dir, --dataset)
+from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --data_dir, --dataset and start()
 
 _DEFAULTS = TrainConfig()
 
@@ -50,9 +50,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    shared_flags.start(argv)
     if FLAGS.rollback:
         try:
             rolled_back, current = lifecycle.rollback(FLAGS.rollback)
