@@ -23,7 +23,7 @@ from absl import app, flags
 
 import tte_tfrs  # noqa: F401
 from tte_tfrs.recommender import Recommender, load_item_table
-from tte_tfrs.retrieval import ItemIndex, installed_backends
+from tte_tfrs.retrieval import ItemIndex, get_backend, installed_backends
 
 flags.DEFINE_string("output_dir", None, "Export root with at least a few hundred thousand items.")
 flags.DEFINE_integer("queries", 1000, "Users sampled as queries.")
@@ -72,7 +72,7 @@ def main(argv):
     recommender = Recommender.load(FLAGS.output_dir, backend="exact")
     embeddings, ids, _ = load_item_table(FLAGS.output_dir, recommender.version)
     rng = np.random.default_rng(FLAGS.seed)
-    users = rng.choice(recommender._rated["user_ids"], FLAGS.queries, replace=False)
+    users = rng.choice(recommender.users_with_ratings, FLAGS.queries, replace=False)
     requests = [recommender.user_features(u) for u in users]
     queries = np.concatenate([recommender.user_embeddings(requests[i:i + 256])
                               for i in range(0, len(requests), 256)])
@@ -87,7 +87,7 @@ def main(argv):
     print(json.dumps(rows[-1]), flush=True)
     for name in FLAGS.backends or [b for b in installed_backends() if b != "exact"]:
         params = overrides.get(name, {})
-        backend_class = __import__("tte_tfrs.retrieval", fromlist=["get_backend"]).get_backend(name)
+        backend_class = get_backend(name)
         build_defaults, search_defaults = backend_class.default_params(*embeddings.shape)
         build = {key: v for key, v in params.items() if key in build_defaults}
         search = {key: v for key, v in params.items() if key in search_defaults}
@@ -95,7 +95,8 @@ def main(argv):
         index = ItemIndex.build(embeddings, ids, name, build, search)
         build_seconds = time.perf_counter() - started
         scores, batch_qps = time_batch(index, queries, k)
-        row = {"backend": name, "build_s": build_seconds, "memory_mb": index_memory(index) / 2**20,
+        label = name if index.name == name else f"{name} (too few items: {index.name})"
+        row = {"backend": label, "build_s": build_seconds, "memory_mb": index_memory(index) / 2**20,
                "recall": tie_aware_recall(scores, truth_scores), "batch_qps": batch_qps,
                **time_single(index, queries[:FLAGS.single_queries], k),
                "params": {**index.backend.build_params, **index.backend.search_params}}

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.export import MODELS, export
+from tte_tfrs.export import export
+from tte_tfrs.layout import MODELS
 from tte_tfrs.lifecycle import live_versions as existing_versions
 from tte_tfrs.training import predict
 

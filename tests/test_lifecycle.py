@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from tte_tfrs import lifecycle
+from tte_tfrs import layout, lifecycle
 from tte_tfrs.export import export
 from tte_tfrs.lifecycle import ExportLockedError, LifecycleError, live_versions
 from tte_tfrs.recommender import Recommender
@@ -28,14 +28,14 @@ def test_a_second_writer_fails_clearly_and_writes_nothing(trained, tmp_path):
         with pytest.raises(ExportLockedError):
             lifecycle.rollback(root)
     assert live_versions(root) == [1] and current_version(root) == 1
-    assert not os.path.exists(os.path.join(root, lifecycle.LOCK_FILE))      # released
+    assert not os.path.exists(os.path.join(root, layout.LOCK_FILE))      # released
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(trained, tmp_path):
     root = str(tmp_path / "models")
     os.makedirs(root)
     import socket
-    with open(os.path.join(root, lifecycle.LOCK_FILE), "w") as f:
+    with open(os.path.join(root, layout.LOCK_FILE), "w") as f:
         json.dump({"pid": 2 ** 22 + 12345, "host": socket.gethostname(), "since": "earlier"}, f)
     export(trained, root)
     assert live_versions(root) == [1]
@@ -51,7 +51,7 @@ def test_rollback_makes_the_previous_version_current_and_numbers_are_not_reused(
     assert lifecycle.rollback(root) == (2, 1)
     assert live_versions(root) == [1] and current_version(root) == 1
     assert Recommender.load(root, backend="exact").version == 1
-    parked = os.listdir(os.path.join(root, lifecycle.ROLLED_BACK))
+    parked = os.listdir(os.path.join(root, layout.ROLLED_BACK))
     assert len(parked) == 1 and parked[0].startswith("2-")
     assert export(trained, root).version == 3                     # 2 is never served again
     with pytest.raises(LifecycleError, match="needs a previous one"):
@@ -122,7 +122,7 @@ def test_a_writer_killed_mid_export_leaves_the_earlier_version_intact(trained, t
             writer.kill()
     assert live_versions(root) == [1]
     assert open(os.path.join(root, "manifest.json")).read() == manifest_before
-    assert os.path.exists(os.path.join(root, lifecycle.LOCK_FILE))        # left by the dead writer
+    assert os.path.exists(os.path.join(root, layout.LOCK_FILE))        # left by the dead writer
     assert Recommender.load(root, backend="exact").recommend(features={"age": 30}, k=3)
     # The next writer takes the stale lock over, cleans up and writes a complete next version.
     assert export(trained, root).version == 2

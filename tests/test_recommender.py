@@ -12,7 +12,6 @@ from absl.testing import flagsaver
 
 from tte_tfrs.indexing import build_index
 from tte_tfrs.recommender import Recommender, RecommendationError
-from tte_tfrs.retrieval import ItemIndex
 
 FLAGS = flags.FLAGS
 
@@ -23,8 +22,8 @@ def recommender(exported):
 
 
 def a_user_with_ratings(recommender):
-    users = recommender._rated["user_ids"]
-    counts = np.diff(recommender._rated["offsets"])
+    users = recommender.users_with_ratings
+    counts = [len(recommender.rated_rows(u)) for u in users]
     return str(users[int(np.argmax(counts))])
 
 
@@ -62,7 +61,7 @@ def test_new_user_from_features_only(recommender):
 
 
 def test_same_request_same_ranking_across_loads_and_batches(recommender, exported):
-    users = list(recommender._rated["user_ids"][:5])
+    users = list(recommender.users_with_ratings[:5])
     single = [recommender.recommend(u, k=8) for u in users]
     batch = recommender.recommend_batch(users, k=8)
     again = Recommender.load(exported.output_dir, backend="exact").recommend_batch(users, k=8)

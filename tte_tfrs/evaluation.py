@@ -106,7 +106,8 @@ def evaluate(config):
 
     users = np.asarray(sorted(held_out["user_id"].unique()), dtype=object)
     user_rows = {u: n for n, u in enumerate(users)}
-    requests = [recommender.user_features(u, None if u in recommender._users.index else {})
+    # Users the export does not know are embedded from their id alone (the out-of-vocabulary row).
+    requests = [recommender.user_features(u, None if recommender.has_user(u) else {"user_id": u})
                 for u in users]
     embeddings = np.concatenate([recommender.user_embeddings(requests[i:i + 1024])
                                  for i in range(0, len(requests), 1024)])

@@ -33,17 +33,12 @@ from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
 from tte_tfrs import lifecycle
+from tte_tfrs.layout import EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS, VERSIONED
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.pipeline import make_tf_dataset
 from tte_tfrs.plots import plot_training_curve
 
-MODELS = ("user_tower", "item_tower", "scorer", "retrieval")
-EMBEDDINGS = "item_embeddings"
-USERS = "users"
-TRAINING = "training"
 RETRIEVAL_K = 100
-MANIFEST = "manifest.json"
-MODELS_CONFIG = "models.config"
 FORMAT_VERSION = 1
 
 
@@ -131,7 +126,7 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
     Args:
       result: the `TrainResult` of `tte_tfrs.train`.
       output_dir: export root (created if needed).
-      version: the version number; None means one more than the highest present.
+      version: the version number; None means one more than any version used before.
       retrieval_k: how many items the retrieval SavedModel returns per user.
 
     Returns:
@@ -212,7 +207,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
             json.dump(result.history, f, indent=2)
         plot_training_curve(result.history, os.path.join(folder, "training_curve.png"))
 
-        for name in MODELS + (EMBEDDINGS, USERS, TRAINING):
+        for name in VERSIONED:
             target = os.path.join(output_dir, name, str(version))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.rename(os.path.join(staging, name), target)

@@ -15,14 +15,8 @@ import socket
 import tempfile
 
 from tte_tfrs.errors import TteError
+from tte_tfrs.layout import INDEX, LOCK_FILE, MANIFEST, MANIFESTS, ROLLED_BACK, VERSIONED
 
-LOCK_FILE = ".lock"
-MANIFEST = "manifest.json"
-MANIFESTS = "manifests"
-ROLLED_BACK = ".rolled_back"
-INDEX = "index"
-VERSIONED = ("user_tower", "item_tower", "scorer", "retrieval", "item_embeddings", "users",
-             "training")
 
 
 class ExportLockedError(TteError):
@@ -117,6 +111,15 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to the manifest")
 
 
+def current_version(output_dir):
+    """The version ``manifest.json`` names, or None when there is no export yet."""
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("version")
+
+
 def live_versions(output_dir):
     """Versions whose folders exist for every versioned part, ascending."""
     found = None
@@ -129,8 +132,9 @@ def live_versions(output_dir):
 
 
 def used_versions(output_dir):
-    """Every version number ever written here: live, rolled back or recorded in a manifest."""
-    used = set(live_versions(output_dir))
+    """Every version number ever written here: in any versioned folder, rolled back or in a
+    manifest."""
+    used = set()
     for folder, pattern in ((os.path.join(output_dir, MANIFESTS), r"(\d+)\.json"),
                             (os.path.join(output_dir, ROLLED_BACK), r"(\d+)(?:-.*)?")):
         if os.path.isdir(folder):
@@ -141,11 +145,6 @@ def used_versions(output_dir):
         if os.path.isdir(folder):
             used |= {int(n) for n in os.listdir(folder) if n.isdigit()}
     return used
-
-
-def next_version(output_dir):
-    """One more than any version number used before, so TF Serving never sees a number twice."""
-    return max(used_versions(output_dir), default=0) + 1
 
 
 def repair(output_dir):
@@ -162,10 +161,7 @@ def repair(output_dir):
         if name.startswith((".staging-", ".old-index-")):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
             removed.append(os.path.join(output_dir, name))
-    current = None
-    if os.path.exists(os.path.join(output_dir, MANIFEST)):
-        with open(os.path.join(output_dir, MANIFEST), encoding="utf-8") as f:
-            current = json.load(f).get("version")
+    current = current_version(output_dir)
     complete = set(live_versions(output_dir))
     for name in VERSIONED:
         folder = os.path.join(output_dir, name)
@@ -222,8 +218,7 @@ def prune(output_dir, keep):
         raise LifecycleError(f"keep_versions must be at least 1 (the current version), got {keep}")
     with writer_lock(output_dir):
         versions = live_versions(output_dir)
-        with open(os.path.join(output_dir, MANIFEST), encoding="utf-8") as f:
-            current = json.load(f)["version"]
+        current = current_version(output_dir)
         removed = [v for v in versions[:-keep] if v != current]
         for version in removed:
             for folder in _version_folders(output_dir, version):

@@ -12,11 +12,8 @@ from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
 from tte_tfrs.errors import TteError
-from tte_tfrs.export import EMBEDDINGS, MANIFEST, USERS
+from tte_tfrs.layout import EMBEDDINGS, INDEX, MANIFEST, USERS
 from tte_tfrs.retrieval import DEFAULT_BACKEND, ItemIndex
-
-INDEX_DIR = "index"
-
 
 class RecommendationError(TteError, ValueError):
     """A request cannot be answered: unknown user, bad feature value, k out of range."""
@@ -43,7 +40,7 @@ class Recommendation:
 
 
 def index_folder(output_dir, backend, version):
-    return os.path.join(output_dir, INDEX_DIR, backend, str(version))
+    return os.path.join(output_dir, INDEX, backend, str(version))
 
 
 def read_manifest(output_dir):
@@ -118,6 +115,15 @@ class Recommender:
         with np.load(os.path.join(users_folder, "rated.npz"), allow_pickle=False) as rated:
             rated = {key: rated[key] for key in rated.files}
         return cls(manifest, user_tower.signatures["serving_default"], index, titles, users, rated)
+
+    @property
+    def users_with_ratings(self):
+        """Ids of the users the export knows interactions of, sorted."""
+        return self._rated["user_ids"]
+
+    def has_user(self, user_id):
+        """Whether `user_id` is one of the export's known users (with stored features)."""
+        return str(user_id).strip() in self._users.index
 
     @property
     def catalogue_size(self):

@@ -1,6 +1,5 @@
 """Reader for a MovieLens 100K folder (u.data, u.user, u.item and the u1-u5 folds)."""
 
-import re
 
 import numpy as np
 import pandas as pd

@@ -98,14 +98,19 @@ class PlantedTruth:
     def lookup(self):
         return {(u, i): k for k, (u, i) in enumerate(zip(self.user_ids, self.item_ids))}
 
-    def noise_floor(self, ratings):
-        """RMSE of the best possible prediction on `ratings` (user_id, item_id, rating), using the
-        rows the truth knows (the planted mess adds a few it does not)."""
+    def best_predictions(self, ratings):
+        """(observed, best possible prediction) for the rows of `ratings` (user_id, item_id,
+        rating) that the truth knows; the planted mess adds a few it does not."""
         lookup, expected = self.lookup(), self.expected_rating()
         found = [lookup.get(key) for key in zip(ratings["user_id"], ratings["item_id"])]
-        known = np.array([f is not None for f in found])
-        error = ratings["rating"].to_numpy()[known] - expected[[f for f in found if f is not None]]
-        return float(np.sqrt(np.mean(error ** 2)))
+        known = np.array([f is not None for f in found], dtype=bool)
+        return (ratings["rating"].to_numpy()[known],
+                expected[[f for f in found if f is not None]])
+
+    def noise_floor(self, ratings):
+        """RMSE of the best possible prediction on `ratings`: no model can do better."""
+        observed, best = self.best_predictions(ratings)
+        return float(np.sqrt(np.mean((observed - best) ** 2)))
 
 
 def expected_rounded_clipped(score, sigma, low=1, high=10):

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 
 from tte_tfrs.errors import TteError
-from tte_tfrs.retrieval.base import merge_params
+from tte_tfrs.retrieval.base import merge_params, top_k_rows
 from tte_tfrs.retrieval.exact import ExactBackend
 from tte_tfrs.retrieval.registry import DEFAULT_BACKEND, get_backend
 
@@ -108,7 +108,7 @@ class ItemIndex:
             if np.isfinite(scores[q]).sum() < min(k, available):
                 exact_scores = self.embeddings @ queries[q]
                 exact_scores[excluded[q]] = -np.inf
-                best = np.lexsort((np.arange(len(exact_scores)), -exact_scores))[:k]
+                best = top_k_rows(exact_scores[None, :], k)[0]
                 rows[q] = np.where(np.isfinite(exact_scores[best]), best, -1)
                 scores[q] = exact_scores[best]
         return scores.astype(np.float32), rows

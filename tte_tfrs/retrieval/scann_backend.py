@@ -33,7 +33,7 @@ class ScannBackend(Backend):
     Build params: ``num_leaves``, ``training_sample_size``, ``dims_per_block``,
     ``anisotropic_quantization_threshold``, ``reorder`` (default reorder count). Search params:
     ``leaves_to_search``, ``pre_reorder_num_neighbors`` (0 means the build's reorder count).
-    Small catalogues (fewer than ``minimum_items``) are searched by brute force inside ScaNN.
+    Catalogues smaller than ``minimum_items`` get exact search instead (see `ItemIndex.build`).
     """
 
     name = "scann"

@@ -14,6 +14,7 @@ from absl import app, flags
 from tte_tfrs import lifecycle
 from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
 from tte_tfrs.errors import TteError
+from tte_tfrs.layout import ROLLED_BACK
 from tte_tfrs.pipeline import train_and_export
 from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --data_dir, --dataset and start()
 
@@ -58,7 +59,7 @@ def main(argv):
             print(f"tte-train: error: {exc}", file=sys.stderr)
             return 2
         print(f"Rolled back {FLAGS.rollback}: version {current} is current again; version "
-              f"{rolled_back} was moved to {os.path.join(FLAGS.rollback, lifecycle.ROLLED_BACK)}")
+              f"{rolled_back} was moved to {os.path.join(FLAGS.rollback, ROLLED_BACK)}")
         return 0
     try:
         config = TrainConfig(
