@@ -66,8 +66,8 @@ def test_kaggle_messy_ratings_are_cleaned_and_counted(tmp_path):
     ds = load_dataset(kaggle_folder(tmp_path))
     ratings = file_report(ds, "Ratings.csv")
     assert ratings.rows_read == 12
-    assert ratings.dropped["Book-Rating outside 0-10"] == 2
-    assert ratings.examples["Book-Rating outside 0-10"] == [4, 5]
+    assert ratings.dropped["Book-Rating outside the rating scale 0-10"] == 2
+    assert ratings.examples["Book-Rating outside the rating scale 0-10"] == [4, 5]
     assert ratings.dropped["Book-Rating is not a number"] == 1
     assert ratings.dropped["malformed line (expected 3 fields)"] == 1
     assert ratings.examples["malformed line (expected 3 fields)"] == [7]
@@ -212,7 +212,7 @@ def test_movielens_layout_with_folds(tmp_path):
     write(folder, "u1.test", "2\t11\t3\t881250950\n")
     ds = load_dataset(folder)
     assert ds.layout == "movielens"
-    assert file_report(ds, "u.data").dropped["rating outside 1-5"] == 1
+    assert file_report(ds, "u.data").dropped["rating outside the rating scale 1-5"] == 1
     items = ds.items.set_index("item_id")
     assert items.loc["10", "title"] == "Toy Story"
     assert items.loc["10", "genres"] == "Animation|Children's|Comedy"
@@ -232,7 +232,7 @@ def test_embedded_data_has_every_kind_of_mess():
     ds = load_dataset()
     dropped = {reason for f in ds.report.files for reason in f.dropped}
     fixed = {reason for f in ds.report.files for reason in f.fixed}
-    assert {"malformed line (expected 3 fields)", "Book-Rating outside 0-10",
+    assert {"malformed line (expected 3 fields)", "Book-Rating outside the rating scale 0-10",
             "Book-Rating is not a number", "duplicate (User-ID, ISBN) pair; the last one is kept",
             "duplicate User-ID; the first one is kept", "duplicate ISBN; the first one is kept"} <= dropped
     assert {"Age empty -> unknown", "Location has no country -> unknown",

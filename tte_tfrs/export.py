@@ -11,6 +11,7 @@ Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the h
                                  rows sorted by item id
     users/<version>/             users.csv (known users' features), rated.npz (who rated what)
     training/<version>/          history.json (loss and RMSE per epoch), training_curve.png
+    checkpoint/<version>/        vocabularies.json, weights.npz: what a warm start continues from
     models.config                TF Serving model_config_list for the four SavedModels
     manifest.json                the current version's manifest: dimensions, signatures, data,
                                  config, metrics (manifests/<version>.json keeps every version's)
@@ -32,8 +33,9 @@ import pandas as pd
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
-from tte_tfrs import lifecycle
-from tte_tfrs.layout import EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS, VERSIONED
+from tte_tfrs import checkpoint, lifecycle
+from tte_tfrs.layout import (CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS,
+                             VERSIONED)
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.pipeline import make_tf_dataset
 from tte_tfrs.plots import plot_training_curve
@@ -120,6 +122,39 @@ def rated_items(ratings, item_ids):
     return {"user_ids": users, "offsets": offsets, "rows": frame["row"].to_numpy(np.int64)}
 
 
+def catalogue_of(result):
+    """Every item of the export, sorted by id: the data's catalogue plus, after a warm start, the
+    parent's items the new data did not mention (new feature values win)."""
+    catalogue = result.dataset.catalogue()
+    if result.parent is not None:
+        old = result.parent.items
+        catalogue = pd.concat([catalogue, old[~old["item_id"].isin(catalogue["item_id"])]],
+                              ignore_index=True)
+    catalogue = fill_missing(catalogue, result.dataset.item_features)
+    return catalogue.sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+def users_of(result):
+    """Known users' features: the users table, users only seen in ratings, the parent's users."""
+    dataset = result.dataset
+    users = dataset.users
+    rating_users = pd.Index(dataset.ratings["user_id"].unique())
+    tables = [users, pd.DataFrame({"user_id": rating_users.difference(pd.Index(users["user_id"]))})]
+    if result.parent is not None:
+        old = result.parent.users
+        known = pd.Index(users["user_id"]).union(rating_users)
+        tables.append(old[~old["user_id"].isin(known)])
+    return fill_missing(pd.concat(tables, ignore_index=True), dataset.user_features)
+
+
+def interactions_of(result):
+    """(user_id, item_id) pairs the export knows: the data's ratings plus the parent's pairs."""
+    pairs = result.dataset.ratings[["user_id", "item_id"]]
+    if result.parent is not None:
+        pairs = pd.concat([pairs, result.parent.interactions], ignore_index=True)
+    return pairs.drop_duplicates()
+
+
 def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
     """Writes the towers, scorer, item embeddings, models.config and manifest of a `TrainResult`.
 
@@ -150,6 +185,12 @@ def _export_locked(result, output_dir, version, retrieval_k):
         raise FileExistsError(f"version {version} was already used in {output_dir}; versions are "
                               "never overwritten or reused: leave the version out for the next one")
     version = int(version)
+    if result.parent is not None:
+        current = lifecycle.current_version(output_dir)
+        if current != result.parent.version:
+            raise lifecycle.LifecycleError(
+                f"this update continues version {result.parent.version} of {output_dir}, but the "
+                f"current version is now {current}; run the update again")
     dataset, model = result.dataset, result.model
     user_specs, item_specs = dataset.user_features, dataset.item_features
     user_tower, item_tower = model.user_tower, model.item_tower
@@ -169,7 +210,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
         _save(module, _signature(model, user_specs + item_specs, "rating"),
               os.path.join(staging, "scorer"))
 
-        catalogue = dataset.catalogue().sort_values("item_id", kind="stable").reset_index(drop=True)
+        catalogue = catalogue_of(result)
         embeddings = item_embeddings(item_tower, catalogue, item_specs)
         folder = os.path.join(staging, EMBEDDINGS)
         os.makedirs(folder)
@@ -192,13 +233,10 @@ def _export_locked(result, output_dir, version, retrieval_k):
 
         folder = os.path.join(staging, USERS)
         os.makedirs(folder)
-        users = dataset.users
-        rating_users = pd.Index(dataset.ratings["user_id"].unique())
-        extra = pd.DataFrame({"user_id": rating_users.difference(pd.Index(users["user_id"]))})
-        fill_missing(pd.concat([users, extra], ignore_index=True), user_specs).to_csv(
-            os.path.join(folder, "users.csv"), index=False)
-        np.savez(os.path.join(folder, "rated.npz"), **rated_items(dataset.ratings,
-                                                                  catalogue["item_id"].tolist()))
+        users_of(result).to_csv(os.path.join(folder, "users.csv"), index=False)
+        np.savez(os.path.join(folder, "rated.npz"),
+                 **rated_items(interactions_of(result), catalogue["item_id"].tolist()))
+        checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
 
         paths = {}
         folder = os.path.join(staging, TRAINING)
@@ -246,6 +284,9 @@ def _export_locked(result, output_dir, version, retrieval_k):
                     "rating_scale": list(dataset.rating_scale),
                     "counts": dataset.counts(), "splits": result.splits.sizes(),
                     "report": dataset.report.to_dict()},
+        "checkpoint": {"path": f"{CHECKPOINT}/{version}", "files": list(checkpoint.FILES)},
+        "parent_version": result.parent.version if result.parent is not None else None,
+        "update": result.update,
         "config": result.config.to_dict(),
         "metrics": result.metrics,
         "history": result.history,

@@ -4,7 +4,9 @@ import os
 
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.export import export
+from tte_tfrs.indexing import refresh_indexes
 from tte_tfrs.training import train
+from tte_tfrs.warm_start import warm_start
 
 
 def train_and_export(config, output_dir, log=print):
@@ -28,6 +30,40 @@ def train_and_export(config, output_dir, log=print):
     log(f"Exported version {exported.version} to {os.path.abspath(output_dir)}")
     log(format_metrics(result.metrics))
     return result, exported
+
+
+def update_and_export(output_dir, log=print, dataset=None, allow_invalid_ratings=False,
+                      **overrides):
+    """Warm-starts from the current version of `output_dir`, exports the next version and
+    refreshes the parent's ANN indexes; reports through `log`.
+
+    Args:
+      output_dir: the export root to continue (and write to).
+      dataset, allow_invalid_ratings, overrides: as for `tte_tfrs.warm_start.warm_start`.
+
+    Returns:
+      (TrainResult, ExportResult, {backend: index metadata}).
+    """
+    result = warm_start(output_dir, dataset, allow_invalid_ratings, **overrides)
+    update = result.update
+    log(f"Continued version {update['parent_version']} with {result.dataset.source}: "
+        + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in update["data_added"].items()))
+    grown = {k: v for k, v in update["vocabulary_growth"].items() if v[1] > v[0]}
+    log("Vocabularies grown: " + (", ".join(f"{k} {a:,} -> {b:,}" for k, (a, b) in grown.items())
+                                  or "none"))
+    log(f"Stopped after {result.metrics['epochs_run']} epochs in "
+        f"{result.metrics['train_seconds']:.1f} s")
+    exported = export(result, output_dir)
+    log(f"Exported version {exported.version} to {os.path.abspath(output_dir)}")
+    before, after = update["metrics_before"], update["metrics_after"]
+    for name in ("validation_rmse", "test_rmse"):
+        if name in after:
+            log(f"{name.replace('_', ' ')} on the new data: {before[name]:.4f} before the update, "
+                f"{after[name]:.4f} after")
+    indexes = refresh_indexes(output_dir, result.parent.manifest)
+    for backend, meta in indexes.items():
+        log(f"Index {backend}: {meta['refresh']}")
+    return result, exported, indexes
 
 
 def format_metrics(metrics):

@@ -151,6 +151,27 @@ class Tower(tf.keras.Model):
     def output_dim(self):
         return self.latent_dim + 2
 
+    def tables(self):
+        """{vocabulary name: (StringLookup, Embedding)} of every looked-up feature of the tower."""
+        out = {}
+        for encoder in self.encoders:
+            if isinstance(encoder, LookupEncoder):
+                out.update({key: (encoder.lookups[key], encoder.embeddings[key])
+                            for key in encoder.lookups})
+            elif isinstance(encoder, TokenEncoder):
+                out[encoder.spec.name] = (encoder.lookup, encoder.embedding)
+        return out
+
+    def vocabularies(self):
+        """{vocabulary name: values in row order}; row 0 of each table is the unknown slot."""
+        return {key: [str(v) for v in lookup.get_vocabulary()[1:]]
+                for key, (lookup, _) in self.tables().items()}
+
+    def weight_key(self, variable):
+        """A name for `variable` that does not depend on the enclosing model's name."""
+        name = variable.name.split(f"{self.name}/", 1)[-1]
+        return f"{self.side}/{name}"
+
     def call(self, inputs):
         parts = [encoder(inputs[spec.name]) for spec, encoder in zip(self.specs, self.encoders)]
         if self.hidden:

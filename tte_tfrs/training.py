@@ -35,6 +35,10 @@ class TrainResult:
         the training ratings), ``validation_rmse``, ``epochs_run``, ``train_seconds`` and
         ``train_examples_per_second``.
       history: Keras history (per-epoch loss, rmse, val_rmse, ...).
+      parent: for a warm start, the `tte_tfrs.warm_start.Parent` export it continued from (its
+        catalogue, users and interactions are kept in the new export); None otherwise.
+      update: for a warm start, what the manifest records about it (parent version, data added,
+        vocabulary growth, metrics before and after); None otherwise.
     """
 
     model: TwoTowerRatingModel
@@ -43,13 +47,18 @@ class TrainResult:
     splits: object
     metrics: dict
     history: dict
+    parent: object = None
+    update: dict = None
 
 
-def build_model(config, dataset, train_columns, global_mean):
-    """Builds (untrained) towers and model for `dataset` with vocabularies from the training rows."""
-    specs = dataset.user_features + dataset.item_features
-    vocabularies = build_vocabularies(specs, train_columns, config.min_count,
-                                      config.max_text_tokens)
+def build_model(config, dataset, train_columns, global_mean, vocabularies=None):
+    """Builds (untrained) towers and model for `dataset`.
+
+    Vocabularies come from the training rows unless given (a warm start passes grown ones).
+    """
+    if vocabularies is None:
+        vocabularies = build_vocabularies(dataset.user_features + dataset.item_features,
+                                          train_columns, config.min_count, config.max_text_tokens)
     regularizer = make_regularizer(config.regularizer, config.regularization)
     user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
                        config.hidden_units, global_mean=global_mean, seed=config.seed)
@@ -76,18 +85,11 @@ def rmse_mae(truth, predicted):
     return metrics.rmse(truth, predicted), metrics.mae(truth, predicted)
 
 
-def train(config=TrainConfig(), dataset=None):
-    """Trains the two-tower rating model and measures it on the test split.
-
-    Args:
-      config: a `TrainConfig`.
-      dataset: an already loaded `Dataset`; None loads ``config.data_dir``.
+def start(config, dataset=None):
+    """Seeds TensorFlow, loads the data if needed and splits it.
 
     Returns:
-      A `TrainResult`.
-
-    Raises:
-      DataError: the data cannot be read. ConfigError: the config does not fit the data.
+      (dataset, splits, train_columns, validation_columns).
     """
     config.validate()
     tf.keras.utils.set_random_seed(config.seed)
@@ -97,11 +99,17 @@ def train(config=TrainConfig(), dataset=None):
         dataset = load_dataset(config.data_dir, config.dataset)
     splits = split_ratings(dataset, config.split, config.validation_fraction, config.test_fraction,
                            config.include_implicit, config.seed)
-    train_columns = join_features(splits.train, dataset)
-    validation_columns = join_features(splits.validation, dataset)
-    global_mean = float(np.mean(train_columns[RATING]))
+    return (dataset, splits, join_features(splits.train, dataset),
+            join_features(splits.validation, dataset))
 
-    model = build_model(config, dataset, train_columns, global_mean)
+
+def fit(model, config, train_columns, validation_columns):
+    """Compiles `model` with a fresh optimizer and fits it, early-stopping on validation RMSE.
+
+    Returns:
+      (Keras history dict, metrics dict with epochs_run, train_seconds and
+      train_examples_per_second).
+    """
     model.compile(optimizer=make_optimizer(config))
     callbacks = []
     if config.early_stopping_patience:
@@ -121,16 +129,43 @@ def train(config=TrainConfig(), dataset=None):
                         callbacks=callbacks, verbose=config.verbose)
     train_seconds = time.perf_counter() - started
     epochs_run = len(history.history.get("loss", []))
+    examples = len(train_columns[RATING])
+    fit_metrics = {"epochs_run": epochs_run, "train_seconds": round(train_seconds, 3),
+                   "train_examples_per_second": round(epochs_run * examples / train_seconds)}
+    return {k: [float(x) for x in v] for k, v in history.history.items()}, fit_metrics
 
-    metrics = {"epochs_run": epochs_run, "train_seconds": round(train_seconds, 3),
-               "train_examples_per_second": round(epochs_run * len(splits.train) / train_seconds)}
-    metrics["validation_rmse"], metrics["validation_mae"] = rmse_mae(
+
+def evaluate_splits(model, dataset, splits, validation_columns, global_mean):
+    """Validation and (when there is a test split) test RMSE/MAE, with the global-mean baseline."""
+    out = {}
+    out["validation_rmse"], out["validation_mae"] = rmse_mae(
         validation_columns[RATING], predict(model, validation_columns))
     if len(splits.test):
         test_columns = join_features(splits.test, dataset)
-        metrics["test_rmse"], metrics["test_mae"] = rmse_mae(
-            test_columns[RATING], predict(model, test_columns))
-        metrics["baseline_rmse"], metrics["baseline_mae"] = rmse_mae(
+        out["test_rmse"], out["test_mae"] = rmse_mae(test_columns[RATING],
+                                                     predict(model, test_columns))
+        out["baseline_rmse"], out["baseline_mae"] = rmse_mae(
             test_columns[RATING], np.full(len(splits.test), global_mean))
+    return out
+
+
+def train(config=TrainConfig(), dataset=None):
+    """Trains the two-tower rating model and measures it on the test split.
+
+    Args:
+      config: a `TrainConfig`.
+      dataset: an already loaded `Dataset`; None loads ``config.data_dir``.
+
+    Returns:
+      A `TrainResult`.
+
+    Raises:
+      DataError: the data cannot be read. ConfigError: the config does not fit the data.
+    """
+    dataset, splits, train_columns, validation_columns = start(config, dataset)
+    global_mean = float(np.mean(train_columns[RATING]))
+    model = build_model(config, dataset, train_columns, global_mean)
+    history, metrics = fit(model, config, train_columns, validation_columns)
+    metrics.update(evaluate_splits(model, dataset, splits, validation_columns, global_mean))
     return TrainResult(model=model, config=config, dataset=dataset, splits=splits, metrics=metrics,
-                       history={k: [float(x) for x in v] for k, v in history.history.items()})
+                       history=history)

@@ -8,6 +8,9 @@ import pandas as pd
 from tte_tfrs import features
 from tte_tfrs.errors import DataError
 
+# Part of the report reason for dropped ratings outside the scale (updates refuse such files).
+OUT_OF_SCALE = "outside the rating scale"
+
 
 def clean_ratings(frame, display, report, columns, scale):
     """Validates a ratings table (user, item, rating as strings) and returns the kept rows.
@@ -36,7 +39,7 @@ def clean_ratings(frame, display, report, columns, scale):
     keep = _drop(frame, not_number, report, f"{rating_col} is not a number")
     frame = frame[keep]
     keep = _drop(frame, ~frame["rating"].between(scale[0], scale[1]).to_numpy(), report,
-                 f"{rating_col} outside {scale[0]:g}-{scale[1]:g}")
+                 f"{rating_col} {OUT_OF_SCALE} {scale[0]:g}-{scale[1]:g}")
     frame = frame[keep]
     keep = _drop(frame, frame["user_id"].eq("").to_numpy(), report, f"empty {user_col}")
     frame = frame[keep]

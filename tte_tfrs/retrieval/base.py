@@ -50,6 +50,21 @@ class Backend(abc.ABC):
     def _build(self, embeddings):
         """Builds the index structures."""
 
+    def reencoded(self, embeddings, previous_embeddings):
+        """This index's trained structures applied to new `embeddings`, when they still fit them.
+
+        An update changes every item's embedding a little and adds items; an index whose trained
+        part (clusters, codebooks) still suits the new vectors can re-encode them without training.
+
+        Args:
+          embeddings: float32 [items, dim], the new catalogue.
+          previous_embeddings: the matrix this index was built from.
+
+        Returns:
+          (backend or None, reason): None when the index must be rebuilt, and why.
+        """
+        return None, f"{self.name} has no trained part to keep; rebuilt"
+
     def set_search_params(self, **params):
         """Changes search-time settings (e.g. nprobe); unknown names raise ValueError."""
         self.search_params = merge_params(self.name, "search", self.search_params, params)

@@ -22,6 +22,8 @@ except ImportError:  # pragma: no cover - faiss-cpu is a hard dependency
     faiss = None
 
 INDEX_FILE = "index.faiss"
+# IVF-PQ codebooks that encode updated embeddings this much worse than at build time are retrained.
+STALE_ERROR_RATIO = 1.25
 
 
 def augment_items(embeddings, max_norm):
@@ -117,6 +119,39 @@ class IvfPqBackend(_MipsToL2Backend):
         index.add(items)
         assert index.metric_type == faiss.METRIC_L2
         self.index = index
+
+    def reencoded(self, embeddings, previous_embeddings):
+        """Keeps the coarse clusters and PQ codebooks while they encode the new vectors about as
+        well as the old ones (squared reconstruction error at most `STALE_ERROR_RATIO` times the
+        old), no item is longer than the MIPS transform's R (within 1%; a longer item is encoded
+        as if it had length R), and the catalogue has not outgrown
+        the number of cells chosen for it."""
+        count = len(embeddings)
+        if count > 2 * self.index.ntotal:
+            return None, (f"the catalogue grew from {self.index.ntotal:,} to {count:,} items, more "
+                          "than twice what the cells were chosen for; rebuilt")
+        longest = float(np.linalg.norm(embeddings, axis=1).max())
+        if longest > self.build_params["max_norm"] * 1.01:       # 1%: rounding, tiny growth
+            return None, (f"an item embedding is longer ({longest:.4g}) than the transform's R "
+                          f"({self.build_params['max_norm']:.4g}); rebuilt")
+        old_error = self._reconstruction_error(previous_embeddings)
+        new_error = self._reconstruction_error(embeddings)
+        ratio = new_error / max(old_error, 1e-12)
+        if ratio > STALE_ERROR_RATIO:
+            return None, (f"the codebooks encode the new embeddings {ratio:.2f}x worse than the "
+                          f"old ones (limit {STALE_ERROR_RATIO}x): codes are stale; rebuilt")
+        backend = type(self)(self.build_params, self.search_params)
+        backend.index = faiss.clone_index(self.index)
+        backend.index.reset()
+        backend.index.add(self._prepare_items(embeddings))
+        return backend, (f"kept the trained clusters and codebooks (reconstruction error "
+                         f"{ratio:.2f}x the old, limit {STALE_ERROR_RATIO}x); re-encoded "
+                         f"{count:,} items")
+
+    def _reconstruction_error(self, embeddings):
+        items = self._prepare_items(embeddings)
+        restored = self.index.sa_decode(self.index.sa_encode(items))
+        return float(np.mean(np.sum((items - restored) ** 2, axis=1)))
 
     def _apply_search_params(self):
         self.index.nprobe = int(min(self.search_params["nprobe"], self.build_params["nlist"]))

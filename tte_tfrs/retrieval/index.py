@@ -72,6 +72,30 @@ class ItemIndex:
         built = backend_class.build(embeddings, build_params, search_params)
         return cls(built, embeddings, ids)
 
+    def refreshed(self, embeddings, ids, backend=DEFAULT_BACKEND):
+        """An index over an updated catalogue: this one re-encoded when its trained part still
+        fits the new embeddings, otherwise `backend` rebuilt.
+
+        A rebuild keeps this index's settings (less those derived from the data: the MIPS
+        transform's R, and the cell count when the catalogue more than doubled or halved).
+
+        Returns:
+          (ItemIndex, a sentence saying which was done and why).
+        """
+        embeddings = np.ascontiguousarray(embeddings, np.float32)
+        reused, reason = self.backend.reencoded(embeddings, self.embeddings)
+        if reused is not None:
+            return ItemIndex(reused, embeddings, ids), reason
+        build_params, search_params = None, None
+        if self.backend.name == backend:
+            build_params = dict(self.backend.build_params)
+            build_params.pop("max_norm", None)
+            if not 0.5 <= len(embeddings) / max(len(self.embeddings), 1) <= 2:
+                build_params.pop("nlist", None)
+            search_params = {k: v for k, v in self.backend.search_params.items() if k != "nprobe"}
+        rebuilt = ItemIndex.build(embeddings, ids, backend, build_params, search_params)
+        return rebuilt, " ".join([reason] + rebuilt.notes)
+
     def candidates_for(self, k, excluded=0):
         if isinstance(self.backend, ExactBackend):
             return min(len(self.ids), k + excluded)

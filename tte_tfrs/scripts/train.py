@@ -4,6 +4,7 @@ Example:
   tte-train                                   # embedded data -> saved_models/
   tte-train --data_dir=~/Downloads/archive.zip --epochs=20
   tte-train --data_dir=ml-100k --dataset=movielens --split=u1
+  tte-train --warm_start_from=saved_models --data_dir=new_ratings/   # next version, updated
 """
 
 import os
@@ -15,7 +16,7 @@ from tte_tfrs import lifecycle
 from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
 from tte_tfrs.errors import TteError
 from tte_tfrs.layout import ROLLED_BACK
-from tte_tfrs.pipeline import train_and_export
+from tte_tfrs.pipeline import train_and_export, update_and_export
 from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --data_dir, --dataset and start()
 
 _DEFAULTS = TrainConfig()
@@ -43,6 +44,14 @@ flags.DEFINE_integer("verbose", 2, "Keras progress: 0 silent, 1 bar, 2 a line pe
 flags.DEFINE_string("rollback", None,
                     "Instead of training, make the previous version of this export folder current "
                     "again (the current one is moved to .rolled_back/).")
+flags.DEFINE_string("warm_start_from", None,
+                    "Continue the current version of this export folder on new data (--data_dir, or "
+                    "the parent's own data when left out) and write the next version there. Flags "
+                    "given on the command line override the parent's settings; embedding_dim, "
+                    "hidden_units, regularizer, min_count stay the parent's.")
+flags.DEFINE_bool("allow_invalid_ratings", False,
+                  "With --warm_start_from: drop ratings outside the scale instead of refusing the "
+                  "new data.")
 flags.DEFINE_integer("keep_versions", 0,
                      "After exporting, delete all but the newest N versions (0 keeps all); the "
                      "current version is never deleted.")
@@ -62,19 +71,10 @@ def main(argv):
               f"{rolled_back} was moved to {os.path.join(FLAGS.rollback, ROLLED_BACK)}")
         return 0
     try:
-        config = TrainConfig(
-            data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
-            embedding_dim=FLAGS.embedding_dim,
-            hidden_units=tuple(int(h) for h in FLAGS.hidden_units), epochs=FLAGS.epochs,
-            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-            optimizer=FLAGS.optimizer, regularizer=FLAGS.regularizer,
-            regularization=FLAGS.regularization, seed=FLAGS.seed,
-            validation_fraction=FLAGS.validation_fraction, test_fraction=FLAGS.test_fraction,
-            early_stopping_patience=FLAGS.early_stopping_patience,
-            include_implicit=FLAGS.include_implicit,
-            log_dir=FLAGS.tensorboard_dir or os.path.join(FLAGS.output_dir, "logs"),
-            verbose=FLAGS.verbose)
-        train_and_export(config, FLAGS.output_dir)
+        if FLAGS.warm_start_from:
+            _update()
+        else:
+            _train()
         if FLAGS.keep_versions:
             removed = lifecycle.prune(FLAGS.output_dir, FLAGS.keep_versions)
             if removed:
@@ -83,6 +83,44 @@ def main(argv):
         print(f"tte-train: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+# Flags that map to a TrainConfig field of the same name (a warm start passes the ones given).
+_CONFIG_FLAGS = ("data_dir", "dataset", "split", "embedding_dim", "epochs", "batch_size",
+                 "learning_rate", "optimizer", "regularizer", "regularization", "seed",
+                 "validation_fraction", "test_fraction", "early_stopping_patience",
+                 "include_implicit")
+
+
+def _update():
+    output_dir = FLAGS.warm_start_from
+    if FLAGS["output_dir"].present and os.path.abspath(FLAGS.output_dir) != os.path.abspath(
+            output_dir):
+        raise ValueError("--warm_start_from writes the next version into the folder it continues; "
+                         "leave --output_dir out")
+    FLAGS.output_dir = output_dir                       # --keep_versions prunes this folder
+    overrides = {name: FLAGS[name].value for name in _CONFIG_FLAGS if FLAGS[name].present}
+    if FLAGS["hidden_units"].present:
+        overrides["hidden_units"] = tuple(int(h) for h in FLAGS.hidden_units)
+    overrides["log_dir"] = FLAGS.tensorboard_dir or os.path.join(output_dir, "logs")
+    overrides["verbose"] = FLAGS.verbose
+    update_and_export(output_dir, allow_invalid_ratings=FLAGS.allow_invalid_ratings, **overrides)
+
+
+def _train():
+    config = TrainConfig(
+        data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split,
+        embedding_dim=FLAGS.embedding_dim,
+        hidden_units=tuple(int(h) for h in FLAGS.hidden_units), epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        optimizer=FLAGS.optimizer, regularizer=FLAGS.regularizer,
+        regularization=FLAGS.regularization, seed=FLAGS.seed,
+        validation_fraction=FLAGS.validation_fraction, test_fraction=FLAGS.test_fraction,
+        early_stopping_patience=FLAGS.early_stopping_patience,
+        include_implicit=FLAGS.include_implicit,
+        log_dir=FLAGS.tensorboard_dir or os.path.join(FLAGS.output_dir, "logs"),
+        verbose=FLAGS.verbose)
+    train_and_export(config, FLAGS.output_dir)
 
 
 def run():

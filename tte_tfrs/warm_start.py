@@ -1,0 +1,209 @@
+"""Warm starts: continue the current version of an export on new data (SRS NFR1).
+
+An update reads the parent version's checkpoint (vocabularies and weights), grows every vocabulary by
+appending the new data's values (known values keep their rows, copied bit for bit), trains on the new
+data with a fresh optimizer, and is exported as the next version with the parent's catalogue, users
+and interactions carried over. Inputs that would poison the model are refused before anything is
+trained or written (`check_update`).
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import pandas as pd
+
+from tte_tfrs import checkpoint, training
+from tte_tfrs.config import TrainConfig
+from tte_tfrs.data.cleaning import OUT_OF_SCALE
+from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.errors import ConfigError, TteError
+from tte_tfrs.layout import CHECKPOINT, EMBEDDINGS, USERS
+from tte_tfrs.model import RATING
+from tte_tfrs.recommender import read_manifest
+from tte_tfrs.vocabulary import build_vocabularies
+
+# Settings that shape the model's tables: an update keeps the parent's.
+FIXED_BY_PARENT = ("embedding_dim", "hidden_units", "regularizer", "min_count", "max_text_tokens")
+# An update whose item table lists less than this share of the parent's catalogue is refused.
+MIN_CATALOGUE_SHARE = 0.5
+
+
+class UpdateRefusedError(TteError, ValueError):
+    """New data or settings that would damage the model; nothing was trained or written."""
+
+
+@dataclasses.dataclass
+class Parent:
+    """The exported version an update continues from.
+
+    Attributes:
+      output_dir: the export root.
+      version: the parent version (the current one when the update started).
+      manifest: its manifest.
+      vocabularies, weights: its checkpoint.
+      items: its catalogue (item features), users: its known users (user features),
+      interactions: its (user_id, item_id) pairs.
+    """
+
+    output_dir: str
+    version: int
+    manifest: dict
+    vocabularies: dict
+    weights: dict
+    items: pd.DataFrame
+    users: pd.DataFrame
+    interactions: pd.DataFrame
+
+    @classmethod
+    def load(cls, output_dir):
+        """Reads the current version of `output_dir`.
+
+        Raises:
+          RecommendationError: no export there. UpdateRefusedError: the version has no checkpoint.
+        """
+        manifest = read_manifest(output_dir)
+        version = manifest["version"]
+        folder = os.path.join(output_dir, CHECKPOINT, str(version))
+        try:
+            vocabularies, weights = checkpoint.read_state(folder)
+        except FileNotFoundError as exc:
+            raise UpdateRefusedError(
+                f"version {version} of {output_dir} cannot be continued: {exc} (it was exported "
+                "before checkpoints were written); train a new model instead") from None
+        read = dict(dtype=str, keep_default_na=False)
+        items = pd.read_csv(os.path.join(output_dir, EMBEDDINGS, str(version), "items.csv"), **read)
+        users_folder = os.path.join(output_dir, USERS, str(version))
+        users = pd.read_csv(os.path.join(users_folder, "users.csv"), **read)
+        with np.load(os.path.join(users_folder, "rated.npz"), allow_pickle=False) as rated:
+            counts = np.diff(rated["offsets"])
+            interactions = pd.DataFrame({
+                "user_id": np.repeat(rated["user_ids"], counts).astype(str),
+                "item_id": items["item_id"].to_numpy()[rated["rows"]] if len(items) else []})
+        return cls(output_dir, version, manifest, vocabularies, weights, items, users, interactions)
+
+    def input_kinds(self, model_name):
+        inputs = self.manifest["signatures"][model_name]["inputs"]
+        return {name: spec["kind"] for name, spec in inputs.items()}
+
+    def config(self, **overrides):
+        """The parent's `TrainConfig` with `overrides`; table-shaping settings cannot change.
+
+        Raises:
+          ConfigError: an override of a setting in `FIXED_BY_PARENT` or an unknown field.
+        """
+        values = dict(self.manifest["config"])
+        values["hidden_units"] = tuple(values.get("hidden_units", ()))
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ConfigError(f"{key!r} is not a TrainConfig field")
+            if key in FIXED_BY_PARENT and value != values[key]:
+                raise ConfigError(
+                    f"an update keeps the parent's {key} ({values[key]!r}); {value!r} needs a new "
+                    "model: train one without warm starting")
+            values[key] = value
+        return TrainConfig(**values)
+
+
+def check_update(parent, dataset, allow_invalid_ratings=False):
+    """Refuses data that would poison an update of `parent`.
+
+    Raises:
+      UpdateRefusedError: the features (schema) or rating scale differ from the parent's; the files
+        had ratings outside the scale (unless `allow_invalid_ratings`); or an item table that lists
+        less than half of the parent's catalogue.
+    """
+    where = f"version {parent.version} of {parent.output_dir}"
+    for model_name, specs in (("user_tower", dataset.user_features),
+                              ("item_tower", dataset.item_features)):
+        expected = parent.input_kinds(model_name)
+        found = {spec.name: spec.kind for spec in specs}
+        if found != expected:
+            raise UpdateRefusedError(
+                f"{dataset.source}: the new data's {model_name.split('_')[0]} features "
+                f"{_describe(found)} differ from those of {where} {_describe(expected)}: a "
+                "different schema cannot update this model")
+    scale = list(parent.manifest["dataset"]["rating_scale"])
+    if list(dataset.rating_scale) != scale:
+        raise UpdateRefusedError(f"{dataset.source}: ratings on a {dataset.rating_scale} scale "
+                                 f"cannot update {where}, trained on {tuple(scale)}")
+    if not allow_invalid_ratings:
+        for report in dataset.report.files:
+            for reason, count in report.dropped.items():
+                if OUT_OF_SCALE in reason:
+                    lines = ", ".join(map(str, report.examples.get(reason, [])))
+                    raise UpdateRefusedError(
+                        f"{report.path}: {count} rating(s) outside the scale {scale[0]:g}-"
+                        f"{scale[1]:g} (e.g. line {lines}); an update refuses such files: fix "
+                        "them, or allow_invalid_ratings (--allow_invalid_ratings) to drop those "
+                        "rows as a first training does")
+    if len(dataset.items) and len(parent.items):
+        kept = parent.items["item_id"].isin(dataset.items["item_id"]).mean()
+        if kept < MIN_CATALOGUE_SHARE:
+            raise UpdateRefusedError(
+                f"{dataset.source}: the item table lists only {kept:.0%} of the "
+                f"{len(parent.items):,} items of {where}; a catalogue that lost most of its items "
+                "is refused (an update with new ratings only needs no item table)")
+
+
+def _describe(kinds):
+    return "(" + ", ".join(f"{name}: {kind}" for name, kind in kinds.items()) + ")"
+
+
+def data_added(parent, dataset):
+    """What the new data adds to the parent: interactions it did not know, and users and items
+    that had no embedding row of their own in the parent (ids are the first feature of a tower)."""
+    ratings = dataset.ratings
+    known_pairs = pd.MultiIndex.from_frame(parent.interactions[["user_id", "item_id"]])
+    pairs = pd.MultiIndex.from_frame(ratings[["user_id", "item_id"]])
+    user_rows = set(parent.vocabularies.get(dataset.user_features[0].name, []))
+    item_rows = set(parent.vocabularies.get(dataset.item_features[0].name, []))
+    return {"ratings": int(len(ratings)),
+            "new_interactions": int((~pairs.isin(known_pairs)).sum()),
+            "new_users": int(len(set(ratings["user_id"]) - user_rows)),
+            "new_items": int(len(set(ratings["item_id"]) - item_rows))}
+
+
+def warm_start(output_dir, dataset=None, allow_invalid_ratings=False, **overrides):
+    """Continues the current version of `output_dir` on new data.
+
+    Args:
+      output_dir: an export root written by `tte_tfrs.export` (with checkpoints).
+      dataset: the new data as a `Dataset`; None reads ``data_dir`` (an override) or, without one,
+        the parent's own data source again (e.g. its files with rows appended).
+      allow_invalid_ratings: drop ratings outside the scale instead of refusing the data.
+      **overrides: `TrainConfig` fields for this run (epochs, learning_rate, ...); the parent's
+        values are used for the rest.
+
+    Returns:
+      A `TrainResult` whose ``parent`` and ``update`` fields tell `tte_tfrs.export` to write the
+      next version with the parent's catalogue and users carried over.
+
+    Raises:
+      UpdateRefusedError, ConfigError, DataError: nothing was trained.
+    """
+    parent = Parent.load(output_dir)
+    config = parent.config(**overrides)
+    if dataset is None:
+        dataset = load_dataset(config.data_dir, config.dataset)
+    check_update(parent, dataset, allow_invalid_ratings)
+    dataset, splits, train_columns, validation_columns = training.start(config, dataset)
+
+    specs = dataset.user_features + dataset.item_features
+    new_vocabularies = build_vocabularies(specs, train_columns, config.min_count,
+                                          config.max_text_tokens)
+    vocabularies, growth = checkpoint.grow_vocabularies(parent.vocabularies, new_vocabularies)
+    global_mean = float(np.mean(train_columns[RATING]))
+    model = training.build_model(config, dataset, train_columns, global_mean, vocabularies)
+    training.predict(model, {k: v[:1] for k, v in train_columns.items()})   # creates the weights
+    checkpoint.restore_grown(model, parent.weights)
+
+    before = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean)
+    history, metrics = training.fit(model, config, train_columns, validation_columns)
+    after = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean)
+    metrics.update(after)
+    update = {"parent_version": parent.version, "data_added": data_added(parent, dataset),
+              "vocabulary_growth": growth, "metrics_before": before, "metrics_after": after}
+    return training.TrainResult(model=model, config=config, dataset=dataset, splits=splits,
+                                metrics=metrics, history=history, parent=parent, update=update)
