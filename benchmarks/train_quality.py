@@ -47,12 +47,14 @@ def measure(name, config):
 
 def markdown(rows):
     head = ("| data | split | train / val / test | test RMSE | test MAE | global-mean RMSE | "
-            "noise floor | epochs | train s | examples/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "noise floor | epochs | train s | examples/s overall | examples/s per epoch |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['data']} | {r['split']} | {r['train']:,} / {r['validation']:,} / {r['test']:,} | "
         f"{r['test_rmse']:.4f} | {r['test_mae']:.4f} | {r['baseline_rmse']:.4f} | "
         f"{r.get('noise_floor_rmse', float('nan')):.4f} | {r['epochs_run']} | "
-        f"{r['train_seconds']:.1f} | {r['train_examples_per_second']:,} |\n" for r in rows)
+        f"{r['train_seconds']:.1f} | {r['train_examples_per_second']:,} | "
+        f"{r['epoch_examples_per_second']:,} |\n" for r in rows)
     return head + body.replace("| nan |", "| – |")
 
 

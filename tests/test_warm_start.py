@@ -81,8 +81,8 @@ def test_grown_tables_keep_old_rows_bit_for_bit(parent, old_and_new):
     for key, old in weights.items():
         kept = restored[key][: len(old)] if old.ndim else restored[key]
         np.testing.assert_array_equal(kept, old)                     # exact, not approximately
-    table = restored["user/user_id_encoder/user_id_embedding/embeddings:0"]
-    old_table = weights["user/user_id_encoder/user_id_embedding/embeddings:0"]
+    table = restored["user/user_id_embedding/embeddings:0"]
+    old_table = weights["user/user_id_embedding/embeddings:0"]
     assert table.shape[0] == old_table.shape[0] + 2
     assert not np.allclose(table[-1], table[-2])          # new rows start apart
     assert np.abs(table[-2:] - old_table[0]).max() < 0.5  # near the old unknown-id row

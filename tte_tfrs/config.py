@@ -6,6 +6,7 @@ from tte_tfrs.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 REGULARIZERS = ("l1", "l2")
+REGULARIZATION_SCOPES = ("table", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,10 @@ class TrainConfig:
       optimizer: one of `OPTIMIZERS`.
       regularizer: ``l1`` or ``l2``: J in the loss, applied to every embedding table and kernel.
       regularization: gamma, the strength of J (0 disables it).
+      regularization_scope: ``table``: J of every embedding row, every step (dense gradients: each
+        step updates whole tables); ``batch``: J of the rows each batch looks up, averaged over the
+        batch, so frequent rows are regularised more and gradients stay sparse (with a sparse
+        optimizer such as Adagrad a step touches only the rows it uses).
       min_count: a category, text token or tag needs this many training rows to get its own
         embedding; rarer ones share the out-of-vocabulary slot. Ids always get their own row.
       max_text_tokens: the most frequent words kept for text features.
@@ -56,6 +61,7 @@ class TrainConfig:
     optimizer: str = "adam"
     regularizer: str = "l2"
     regularization: float = 1e-4
+    regularization_scope: str = "table"
     min_count: int = 2
     max_text_tokens: int = 20000
     early_stopping_patience: int = 3
@@ -77,6 +83,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.regularizer in REGULARIZERS, "regularizer must be l1 or l2"),
             (self.regularization >= 0, "regularization (gamma) must be zero or positive"),
+            (self.regularization_scope in REGULARIZATION_SCOPES,
+             "regularization_scope must be table or batch"),
             (0 < self.validation_fraction < 0.5, "validation_fraction must be in (0, 0.5)"),
             (0 <= self.test_fraction < 0.5, "test_fraction must be in [0, 0.5)"),
             (self.validation_fraction + self.test_fraction < 0.9,

@@ -4,6 +4,8 @@ from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tte_tfrs.towers import ITEM, USER
+
 RATING = "rating"
 
 
@@ -28,9 +30,20 @@ class TwoTowerRatingModel(tfrs.Model):
         return {"user_tower": self.user_tower.get_config(), "item_tower": self.item_tower.get_config()}
 
     def call(self, features):
-        """Predicted ratings for a batch of feature dicts: the row-wise dot product."""
+        """Predicted ratings for a batch of raw feature dicts: the row-wise dot product."""
         return tf.reduce_sum(self.user_tower(features) * self.item_tower(features), axis=1)
 
-    def compute_loss(self, features, training=False):
-        predictions = self(features)
-        return self.task(labels=features[RATING], predictions=predictions, training=training)
+    def preprocess(self, features):
+        """Raw features -> what `compute_loss` trains on: both towers' integer inputs and ratings.
+
+        String standardisation, lookups and tokenisation then run once per data set rather than
+        once per step (`tte_tfrs.data.pipeline.make_training_dataset`).
+        """
+        return {USER: self.user_tower.preprocess(features),
+                ITEM: self.item_tower.preprocess(features), RATING: features[RATING]}
+
+    def compute_loss(self, inputs, training=False):
+        """The task loss on a batch from `preprocess`."""
+        predictions = tf.reduce_sum(self.user_tower.embed(inputs[USER])
+                                    * self.item_tower.embed(inputs[ITEM]), axis=1)
+        return self.task(labels=inputs[RATING], predictions=predictions, training=training)

@@ -25,7 +25,8 @@ def train_and_export(config, output_dir, log=print):
     result = train(config, dataset)
     log(f"Splits: {result.splits.sizes()}; stopped after {result.metrics['epochs_run']} epochs "
         f"in {result.metrics['train_seconds']:.1f} s "
-        f"({result.metrics['train_examples_per_second']:,} examples/s)")
+        f"({result.metrics['train_examples_per_second']:,} examples/s overall, "
+        f"{result.metrics['epoch_examples_per_second']:,} per epoch after the first)")
     exported = export(result, output_dir)
     log(f"Exported version {exported.version} to {os.path.abspath(output_dir)}")
     log(format_metrics(result.metrics))

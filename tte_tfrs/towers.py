@@ -12,6 +12,8 @@ embeddings ranks by predicted rating.
 
 import zlib
 
+import numpy as np
+
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
@@ -21,11 +23,32 @@ USER = "user"
 ITEM = "item"
 
 
+SCOPES = ("table", "batch")
+
+
 def make_regularizer(kind, strength):
     """The Keras regularizer for J: ``l1`` or ``l2`` with strength gamma (None when gamma is 0)."""
     if strength == 0:
         return None
     return tf.keras.regularizers.L1(strength) if kind == "l1" else tf.keras.regularizers.L2(strength)
+
+
+def embedding_regularization(regularizer, scope):
+    """Keras Embedding arguments applying `regularizer` to whole tables or to the rows looked up.
+
+    ``table``: J of every row every step (the gradient, and so every update, touches whole tables).
+    ``batch``: J of the rows a batch looks up, averaged over the batch (Keras activity
+    regularization), so a row is regularised each time it is used and gradients stay sparse.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"regularization scope must be one of {SCOPES}, got {scope!r}")
+    return {"embeddings_regularizer" if scope == "table" else "activity_regularizer": regularizer}
+
+
+def _as_array(vocabulary):
+    # A numpy array, not a list: Keras walks list attributes of layers (as tracked data structures)
+    # each time the model's weights are listed, which took seconds per call for 160k-id tables.
+    return np.array(vocabulary, dtype=str) if len(vocabulary) else None
 
 
 def _initializer(seed, name, stddev=0.05):
@@ -36,7 +59,7 @@ def _initializer(seed, name, stddev=0.05):
 class LookupEncoder(tf.keras.layers.Layer):
     """Ids and categories: a string lookup with one out-of-vocabulary slot, then an embedding."""
 
-    def __init__(self, spec, vocabularies, width, regularizer, seed, **kwargs):
+    def __init__(self, spec, vocabularies, width, regularization, seed, **kwargs):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
         self.spec = spec
         self.lookups = {}
@@ -44,65 +67,82 @@ class LookupEncoder(tf.keras.layers.Layer):
         for key, vocabulary in sorted(vocabularies.items()):
             safe = key.replace("/", "_")
             self.lookups[key] = tf.keras.layers.StringLookup(
-                vocabulary=vocabulary or None, num_oov_indices=1, mask_token=None,
+                vocabulary=_as_array(vocabulary), num_oov_indices=1, mask_token=None,
                 name=f"{safe}_lookup")
             self.embeddings[key] = tf.keras.layers.Embedding(
                 len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, key),
-                embeddings_regularizer=regularizer, name=f"{safe}_embedding")
+                **regularization, name=f"{safe}_embedding")
+
+    def preprocess(self, values):
+        standardized = features.standardize_strings(self.spec, values)
+        return {key: self.lookups[key](standardized[key]) for key in sorted(self.lookups)}
+
+    def embed(self, indices):
+        return tf.add_n([self.embeddings[key](indices[key]) for key in sorted(self.lookups)])
 
     def call(self, values):
-        standardized = features.standardize_strings(self.spec, values)
-        return tf.add_n([self.embeddings[key](self.lookups[key](standardized[key]))
-                         for key in sorted(self.lookups)])
+        return self.embed(self.preprocess(values))
 
 
 class NumberEncoder(tf.keras.layers.Layer):
     """Numbers: bucketised by the spec's boundaries; missing or out-of-range values share bucket 0."""
 
-    def __init__(self, spec, width, regularizer, seed, **kwargs):
+    def __init__(self, spec, width, regularization, seed, **kwargs):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
         self.spec = spec
         self.buckets = tf.keras.layers.Discretization(bin_boundaries=list(spec.boundaries[:-1]),
                                                       name=f"{spec.name}_buckets")
         self.embedding = tf.keras.layers.Embedding(
             len(spec.boundaries), width, embeddings_initializer=_initializer(seed, spec.name),
-            embeddings_regularizer=regularizer, name=f"{spec.name}_embedding")
+            **regularization, name=f"{spec.name}_embedding")
+
+    def preprocess(self, values):
+        clean = features.sanitize_number(tf.cast(values, tf.float32), self.spec.boundaries)
+        return self.buckets(clean)
+
+    def embed(self, buckets):
+        return self.embedding(buckets)
 
     def call(self, values):
-        clean = features.sanitize_number(tf.cast(values, tf.float32), self.spec.boundaries)
-        return self.embedding(self.buckets(clean))
+        return self.embed(self.preprocess(values))
 
 
 class TokenEncoder(tf.keras.layers.Layer):
     """Text and tags: the mean embedding of the words (or labels); no words gives zeros."""
 
-    def __init__(self, spec, vocabulary, width, regularizer, seed, **kwargs):
+    def __init__(self, spec, vocabulary, width, regularization, seed, **kwargs):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
         self.spec = spec
         self.tokenize = features.text_tokens if spec.kind == "text" else features.tag_tokens
         self.lookup = tf.keras.layers.StringLookup(
-            vocabulary=vocabulary or None, num_oov_indices=1, mask_token=None,
+            vocabulary=_as_array(vocabulary), num_oov_indices=1, mask_token=None,
             name=f"{spec.name}_lookup")
         self.embedding = tf.keras.layers.Embedding(
             len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, spec.name),
-            embeddings_regularizer=regularizer, name=f"{spec.name}_embedding")
+            **regularization, name=f"{spec.name}_embedding")
 
-    def call(self, values):
-        tokens = self.tokenize(values)
-        vectors = tf.ragged.map_flat_values(self.embedding, self.lookup(tokens))
+    def preprocess(self, values):
+        return self.lookup(self.tokenize(values))
+
+    def embed(self, token_ids):
+        vectors = tf.ragged.map_flat_values(self.embedding, token_ids)
         total = tf.reduce_sum(vectors, axis=1)
-        count = tf.cast(tf.maximum(tokens.row_lengths(), 1), total.dtype)
+        count = tf.cast(tf.maximum(token_ids.row_lengths(), 1), total.dtype)
         return total / count[:, tf.newaxis]
 
+    def call(self, values):
+        return self.embed(self.preprocess(values))
 
-def make_encoder(spec, vocabularies, width, regularizer, seed):
+
+def make_encoder(spec, vocabularies, width, regularization, seed):
     if spec.kind == "number":
-        return NumberEncoder(spec, width, regularizer, seed)
+        return NumberEncoder(spec, width, regularization, seed)
     if spec.kind in ("text", "tags"):
-        return TokenEncoder(spec, vocabularies.get(spec.name, []), width, regularizer, seed)
+        return TokenEncoder(spec, vocabularies.get(spec.name, []), width, regularization, seed)
     keys = [spec.name] if spec.kind != "location" else [f"{spec.name}/country",
                                                          f"{spec.name}/state"]
-    return LookupEncoder(spec, {k: vocabularies.get(k, []) for k in keys}, width, regularizer, seed)
+    return LookupEncoder(spec, {k: vocabularies.get(k, []) for k in keys}, width, regularization,
+                         seed)
 
 
 class Tower(tf.keras.Model):
@@ -114,20 +154,23 @@ class Tower(tf.keras.Model):
       latent_dim: k.
       side: ``user`` (embedding ``[latent, b_u + mu, 1]``) or ``item`` (``[latent, 1, b_i]``).
       regularizer: Keras regularizer for every embedding table and kernel (or None).
+      regularization_scope: ``table`` or ``batch`` (see `embedding_regularization`); kernels of
+        hidden layers are always regularised whole.
       hidden_units: optional ReLU layer sizes applied to the concatenated feature vectors.
       global_mean: initial mu (user side only; trained with the rest).
       seed: initialisation seed.
     """
 
     def __init__(self, specs, vocabularies, latent_dim, side, regularizer=None, hidden_units=(),
-                 global_mean=0.0, seed=0, **kwargs):
+                 global_mean=0.0, seed=0, regularization_scope="table", **kwargs):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
             raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
         self.specs = tuple(specs)
         self.latent_dim = int(latent_dim)
         self.side = side
-        self.encoders = [make_encoder(spec, vocabularies, latent_dim + 1, regularizer,
+        regularization = embedding_regularization(regularizer, regularization_scope)
+        self.encoders = [make_encoder(spec, vocabularies, latent_dim + 1, regularization,
                                       seed + 7919 * (side == ITEM)) for spec in self.specs]
         self.hidden = [tf.keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
                                              kernel_initializer=tf.keras.initializers.GlorotUniform(
@@ -168,12 +211,26 @@ class Tower(tf.keras.Model):
                 for key, (lookup, _) in self.tables().items()}
 
     def weight_key(self, variable):
-        """A name for `variable` that does not depend on the enclosing model's name."""
-        name = variable.name.split(f"{self.name}/", 1)[-1]
-        return f"{self.side}/{name}"
+        """``side/layer/variable``: a name for `variable` that depends neither on the enclosing
+        model's name nor on the name scope the variable was created in (layer names are unique
+        within a tower)."""
+        return f"{self.side}/" + "/".join(variable.name.split("/")[-2:])
+
+    def preprocess(self, inputs):
+        """Raw features -> the encoders' integer inputs (row numbers, buckets, token ids).
+
+        Training runs this once over the data and trains `embed` on the result; serving runs both.
+        """
+        return {spec.name: encoder.preprocess(inputs[spec.name])
+                for spec, encoder in zip(self.specs, self.encoders)}
 
     def call(self, inputs):
-        parts = [encoder(inputs[spec.name]) for spec, encoder in zip(self.specs, self.encoders)]
+        return self.embed(self.preprocess(inputs))
+
+    def embed(self, preprocessed):
+        """The tower's embedding from `preprocess`'s output."""
+        parts = [encoder.embed(preprocessed[spec.name])
+                 for spec, encoder in zip(self.specs, self.encoders)]
         if self.hidden:
             hidden = tf.concat(parts, axis=1)
             for layer in self.hidden:
