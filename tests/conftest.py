@@ -13,7 +13,7 @@ TINY = SyntheticConfig(n_users=400, n_items=300, n_interactions=9000, seed=7)
 
 def tiny_config(data_dir, **overrides):
     values = dict(data_dir=str(data_dir), embedding_dim=8, epochs=4, batch_size=256,
-                  learning_rate=0.01, regularization=1e-4, early_stopping_patience=0)
+                  early_stopping_patience=0)
     values.update(overrides)
     return TrainConfig(**values)
 

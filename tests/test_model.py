@@ -39,12 +39,13 @@ def regularization_loss(model):
     return float(sum(float(loss) for loss in model.losses))
 
 
-def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data):
+@pytest.mark.parametrize("scope", ["table", "batch"])
+def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data, scope):
     losses = {}
     for kind in ("l1", "l2"):
         for gamma in (0.0, 1e-4, 1e-3):
             result = train(tiny_config(tiny_data[0], epochs=1, regularizer=kind,
-                                       regularization=gamma))
+                                       regularization=gamma, regularization_scope=scope))
             losses[kind, gamma] = (regularization_loss(result.model),
                                    result.history["regularization_loss"][-1])
     for kind in ("l1", "l2"):
@@ -52,6 +53,25 @@ def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data):
         assert 0 < losses[kind, 1e-4][0] < losses[kind, 1e-3][0]
         assert losses[kind, 1e-4][1] > 0                   # reported by tfrs during training
     assert losses["l1", 1e-3][0] != pytest.approx(losses["l2", 1e-3][0])
+
+
+@pytest.mark.parametrize("scope, sparse", [("table", False), ("batch", True)])
+def test_batch_scoped_regularization_keeps_embedding_gradients_sparse(trained, scope, sparse):
+    import tensorflow as tf
+    from tte_tfrs.data.pipeline import make_training_dataset
+    from tte_tfrs.training import build_model
+    config = tiny_config(trained.config.data_dir, regularization_scope=scope, regularization=0.1)
+    columns = join_features(trained.splits.train, trained.dataset)
+    model = build_model(config, trained.dataset, columns, 7.0)
+    batch = next(iter(make_training_dataset(model.preprocess, {k: v[:64] for k, v in
+                                                               columns.items()}, 64)))
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True) + tf.add_n(model.losses)
+    table = model.user_tower.tables()["user_id"][1].embeddings
+    gradient = tape.gradient(loss, table)
+    assert isinstance(gradient, tf.IndexedSlices) == sparse
+    if sparse:                                  # only the rows of the batch's users
+        assert len(np.unique(gradient.indices.numpy())) <= 64 < table.shape[0]
 
 
 def weights_of(result):

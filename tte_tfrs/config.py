@@ -13,6 +13,11 @@ REGULARIZATION_SCOPES = ("table", "batch")
 class TrainConfig:
     """Everything that decides a training run; same config and data give the same model.
 
+    The defaults were tuned on validation splits of MovieLens 100K (u1), Book-Crossing explicit
+    ratings and the embedded data (BENCHMARKS.md, "Tuning"): Adagrad with a large step and
+    batch-scoped L2 keeps every update sparse (a step touches only the rows it uses), which is both
+    the fastest and, on all three data sets, the most accurate setting we measured.
+
     Attributes:
       data_dir: folder or zip holding the data; None means the embedded default data.
       dataset: ``auto``, ``kaggle``, ``bx`` or ``movielens`` (see `tte_tfrs.load_dataset`).
@@ -55,13 +60,13 @@ class TrainConfig:
     include_implicit: bool = False
     embedding_dim: int = 16
     hidden_units: tuple = ()
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 1024
-    learning_rate: float = 0.01
-    optimizer: str = "adam"
+    learning_rate: float = 0.5
+    optimizer: str = "adagrad"
     regularizer: str = "l2"
-    regularization: float = 1e-4
-    regularization_scope: str = "table"
+    regularization: float = 0.15
+    regularization_scope: str = "batch"
     min_count: int = 2
     max_text_tokens: int = 20000
     early_stopping_patience: int = 3
