@@ -87,6 +87,17 @@ def test_grown_tables_keep_old_rows_bit_for_bit(parent, old_and_new):
     assert not np.allclose(table[-1], table[-2])          # new rows start apart
     assert np.abs(table[-2:] - old_table[0]).max() < 0.5  # near the old unknown-id row
 
+    # Adagrad continues: old rows keep their accumulated squared gradients, new rows start fresh.
+    accumulators = checkpoint.read_optimizer_state(os.path.join(parent, CHECKPOINT, "1"))
+    key = "user/user_id_embedding/embeddings:0"
+    assert accumulators[key].shape == old_table.shape and accumulators[key].max() > 0.1001
+    model.compile(optimizer=training.make_optimizer(config))
+    assert checkpoint.restore_optimizer(model, accumulators)
+    slot = dict((k, s.numpy()) for k, _, s in checkpoint._accumulators(model))[key]
+    np.testing.assert_array_equal(slot[: len(old_table)], accumulators[key])
+    np.testing.assert_array_equal(slot[len(old_table):],
+                                  np.float32(model.optimizer.initial_accumulator_value))
+
     smaller = training.build_model(config, dataset, columns, 7.0,
                                    {**grown, "user_id": grown["user_id"][:3]})
     training.predict(smaller, columns)

@@ -4,9 +4,13 @@ Every export writes ``checkpoint/<version>/``:
 
     vocabularies.json   {vocabulary name: values in embedding-row order (row 0 is the unknown slot)}
     weights.npz         every tower weight by a model-independent name (``user/...``, ``item/...``)
+    optimizer.npz       Adagrad's accumulator of each weight, by the same names (Adagrad only)
 
 Warm starts grow vocabularies by appending, so a known value keeps its row number and its trained row
-is copied bit for bit into the larger table (`restore_grown`).
+is copied bit for bit into the larger table (`restore_grown`). With Adagrad (the default) the
+update also continues the optimizer: each row keeps its accumulated squared gradients, so rows
+trained for long take small steps on the new data while new rows take large ones
+(`restore_optimizer`). Other optimizers start afresh.
 """
 
 import json
@@ -14,8 +18,12 @@ import os
 
 import numpy as np
 
+from tte_tfrs import _keras_env  # noqa: F401
+import tensorflow as tf
+
 VOCABULARIES_FILE = "vocabularies.json"
 WEIGHTS_FILE = "weights.npz"
+OPTIMIZER_FILE = "optimizer.npz"
 FILES = (VOCABULARIES_FILE, WEIGHTS_FILE)
 
 
@@ -29,11 +37,61 @@ def model_weights(model):
             for tower in (model.user_tower, model.item_tower) for v in tower.weights}
 
 
+def _keyed_trainables(model):
+    keys = {id(v): tower.weight_key(v)
+            for tower in (model.user_tower, model.item_tower) for v in tower.weights}
+    return [(keys[id(v)], v) for v in model.trainable_variables]
+
+
+def _accumulators(model):
+    """[(weight key, variable, accumulator)] of an Adagrad-compiled model, else []."""
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, tf.keras.optimizers.Adagrad) or not optimizer.variables:
+        return []
+    slots = optimizer.variables[1:]                     # [iterations, one accumulator per weight]
+    trainables = _keyed_trainables(model)
+    if len(slots) != len(trainables) or any(
+            tuple(s.shape) != tuple(v.shape) for s, (_, v) in zip(slots, trainables)):
+        return []
+    return [(key, v, s) for s, (key, v) in zip(slots, trainables)]
+
+
 def save_state(model, folder):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, VOCABULARIES_FILE), "w", encoding="utf-8") as f:
         json.dump(model_vocabularies(model), f, ensure_ascii=False)
     np.savez(os.path.join(folder, WEIGHTS_FILE), **model_weights(model))
+    accumulators = {key: slot.numpy() for key, _, slot in _accumulators(model)}
+    if accumulators:
+        np.savez(os.path.join(folder, OPTIMIZER_FILE), **accumulators)
+
+
+def read_optimizer_state(folder):
+    """{weight key: Adagrad accumulator} saved with the state, or {} when there is none."""
+    path = os.path.join(folder, OPTIMIZER_FILE)
+    if not os.path.exists(path):
+        return {}
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def restore_optimizer(model, accumulators):
+    """Continues a compiled Adagrad from saved `accumulators` (grown tables: new rows start at the
+    optimizer's initial value). Returns False, changing nothing, for other optimizers."""
+    optimizer = model.optimizer
+    if not accumulators or not isinstance(optimizer, tf.keras.optimizers.Adagrad):
+        return False
+    optimizer.build(model.trainable_variables)
+    for key, _, slot in _accumulators(model):
+        if key in accumulators:
+            old = accumulators[key]
+            if old.ndim == 0:
+                slot.assign(old)
+                continue
+            value = np.full(slot.shape, optimizer.initial_accumulator_value, np.float32)
+            value[: len(old)] = old
+            slot.assign(value)
+    return True
 
 
 def read_state(folder):

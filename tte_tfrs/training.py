@@ -9,7 +9,7 @@ import numpy as np
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
-from tte_tfrs import metrics
+from tte_tfrs import checkpoint, metrics
 from tte_tfrs.config import TrainConfig
 from tte_tfrs.data.dataset import join_features
 from tte_tfrs.data.loader import load_dataset
@@ -119,8 +119,11 @@ def start(config, dataset=None):
             join_features(splits.validation, dataset))
 
 
-def fit(model, config, train_columns, validation_columns):
-    """Compiles `model` with a fresh optimizer and fits it, early-stopping on validation RMSE.
+def fit(model, config, train_columns, validation_columns, optimizer_state=None):
+    """Compiles `model` and fits it, early-stopping on validation RMSE.
+
+    `optimizer_state` (Adagrad accumulators from `tte_tfrs.checkpoint`) continues the optimizer of
+    an earlier run; without it the optimizer starts afresh.
 
     Returns:
       (Keras history dict, metrics dict with epochs_run, train_seconds (preprocessing included),
@@ -128,6 +131,8 @@ def fit(model, config, train_columns, validation_columns):
       (training rows over the median epoch after the first, which also traces the step)).
     """
     model.compile(optimizer=make_optimizer(config))
+    if optimizer_state:
+        checkpoint.restore_optimizer(model, optimizer_state)
     timer = EpochTimer()
     callbacks = [timer]
     if config.early_stopping_patience:

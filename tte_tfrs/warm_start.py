@@ -2,8 +2,8 @@
 
 An update reads the parent version's checkpoint (vocabularies and weights), grows every vocabulary by
 appending the new data's values (known values keep their rows, copied bit for bit), trains on the new
-data with a fresh optimizer, and is exported as the next version with the parent's catalogue, users
-and interactions carried over. Inputs that would poison the model are refused before anything is
+data (continuing the parent's Adagrad accumulators; other optimizers start afresh), and is exported
+as the next version with the parent's catalogue, users and interactions carried over. Inputs that would poison the model are refused before anything is
 trained or written (`check_update`).
 """
 
@@ -41,7 +41,7 @@ class Parent:
       output_dir: the export root.
       version: the parent version (the current one when the update started).
       manifest: its manifest.
-      vocabularies, weights: its checkpoint.
+      vocabularies, weights, optimizer_state: its checkpoint.
       items: its catalogue (item features), users: its known users (user features),
       interactions: its (user_id, item_id) pairs.
     """
@@ -51,6 +51,7 @@ class Parent:
     manifest: dict
     vocabularies: dict
     weights: dict
+    optimizer_state: dict
     items: pd.DataFrame
     users: pd.DataFrame
     interactions: pd.DataFrame
@@ -80,7 +81,8 @@ class Parent:
             interactions = pd.DataFrame({
                 "user_id": np.repeat(rated["user_ids"], counts).astype(str),
                 "item_id": items["item_id"].to_numpy()[rated["rows"]] if len(items) else []})
-        return cls(output_dir, version, manifest, vocabularies, weights, items, users, interactions)
+        return cls(output_dir, version, manifest, vocabularies, weights,
+                   checkpoint.read_optimizer_state(folder), items, users, interactions)
 
     def input_kinds(self, model_name):
         inputs = self.manifest["signatures"][model_name]["inputs"]
@@ -200,7 +202,8 @@ def warm_start(output_dir, dataset=None, allow_invalid_ratings=False, **override
     checkpoint.restore_grown(model, parent.weights)
 
     before = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean)
-    history, metrics = training.fit(model, config, train_columns, validation_columns)
+    history, metrics = training.fit(model, config, train_columns, validation_columns,
+                                    parent.optimizer_state)
     after = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean)
     metrics.update(after)
     update = {"parent_version": parent.version, "data_added": data_added(parent, dataset),
