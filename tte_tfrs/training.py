@@ -60,27 +60,32 @@ def build_model(config, dataset, train_columns, global_mean, vocabularies=None):
         vocabularies = build_vocabularies(dataset.user_features + dataset.item_features,
                                           train_columns, config.min_count, config.max_text_tokens)
     regularizer = make_regularizer(config.regularizer, config.regularization)
+    common = dict(seed=config.seed, regularization_scope=config.regularization_scope)
     user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
-                       config.hidden_units, global_mean=global_mean, seed=config.seed,
-                       regularization_scope=config.regularization_scope)
+                       config.hidden_units, global_mean=global_mean, **common)
     item_tower = Tower(dataset.item_features, vocabularies, config.embedding_dim, ITEM, regularizer,
-                       config.hidden_units, seed=config.seed,
-                       regularization_scope=config.regularization_scope)
+                       config.hidden_units, **common)
     return TwoTowerRatingModel(user_tower, item_tower)
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
-    """Records each epoch's wall-clock seconds (training steps plus the validation pass)."""
+    """Records each epoch's wall-clock seconds spent on training steps (the validation pass that
+    Keras runs at the end of the epoch is excluded)."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self._started = self._stopped = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
+        self._started, self._stopped = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._started is not None and self._stopped is None:
+            self._stopped = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._started)
+        self.seconds.append((self._stopped or time.perf_counter()) - self._started)
 
 
 def make_optimizer(config):
@@ -128,7 +133,8 @@ def fit(model, config, train_columns, validation_columns, optimizer_state=None):
     Returns:
       (Keras history dict, metrics dict with epochs_run, train_seconds (preprocessing included),
       train_examples_per_second (all epochs over train_seconds) and epoch_examples_per_second
-      (training rows over the median epoch after the first, which also traces the step)).
+      (training rows over the median time of the training steps of an epoch, validation pass
+      excluded, over the epochs after the first, which also traces the step function)).
     """
     model.compile(optimizer=make_optimizer(config))
     if optimizer_state:
@@ -154,7 +160,7 @@ def fit(model, config, train_columns, validation_columns, optimizer_state=None):
     train_seconds = time.perf_counter() - started
     epochs_run = len(history.history.get("loss", []))
     examples = len(train_columns[RATING])
-    # The first epoch also traces the step function; later epochs show the steady rate.
+    # The first epoch also traces the step function; later ones show the steady training rate.
     steady = float(np.median(timer.seconds[1:] or timer.seconds))
     fit_metrics = {"epochs_run": epochs_run, "train_seconds": round(train_seconds, 3),
                    "train_examples_per_second": round(epochs_run * examples / train_seconds),
