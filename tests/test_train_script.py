@@ -21,12 +21,14 @@ def setup_module():
 def test_main_trains_and_exports(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "models")
     with flagsaver.flagsaver(data_dir=tiny_data[0], output_dir=out, epochs=1, embedding_dim=4,
-                             batch_size=512, verbose=0, regularizer="l1", regularization=1e-5):
+                             batch_size=512, verbose=0, regularizer="l1", regularization=1e-5,
+                             regularization_scope="table"):
         assert train_script.main(["tte-train"]) == 0
     printed = capsys.readouterr().out
     assert "two-tower (test)" in printed and "global mean" in printed
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["config"]["regularizer"] == "l1"
+    assert manifest["config"]["regularization_scope"] == "table"
     assert manifest["config"]["embedding_dim"] == 4
     logs = os.path.join(out, "logs")                             # TensorBoard logs by default
     assert any(name.startswith("events.") for _, _, files in os.walk(logs) for name in files)

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 
 from tte_tfrs import lifecycle
-from tte_tfrs.config import OPTIMIZERS, REGULARIZERS, TrainConfig
+from tte_tfrs.config import OPTIMIZERS, REGULARIZATION_SCOPES, REGULARIZERS, TrainConfig
 from tte_tfrs.errors import TteError
 from tte_tfrs.layout import ROLLED_BACK
 from tte_tfrs.pipeline import train_and_export, update_and_export
@@ -31,6 +31,9 @@ flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate.")
 flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, OPTIMIZERS, "Optimizer.")
 flags.DEFINE_enum("regularizer", _DEFAULTS.regularizer, REGULARIZERS, "J: l1 or l2 norm.")
 flags.DEFINE_float("regularization", _DEFAULTS.regularization, "gamma, the strength of J.")
+flags.DEFINE_enum("regularization_scope", _DEFAULTS.regularization_scope, REGULARIZATION_SCOPES,
+                  "J on the embedding rows each batch uses (batch: sparse, fast updates) or on "
+                  "every row of every table each step (table).")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for split, initialisation and shuffling.")
 flags.DEFINE_float("validation_fraction", _DEFAULTS.validation_fraction, "Validation share.")
 flags.DEFINE_float("test_fraction", _DEFAULTS.test_fraction, "Test share (random split).")
@@ -87,7 +90,8 @@ def main(argv):
 
 # Flags that map to a TrainConfig field of the same name (a warm start passes the ones given).
 _CONFIG_FLAGS = ("data_dir", "dataset", "split", "embedding_dim", "epochs", "batch_size",
-                 "learning_rate", "optimizer", "regularizer", "regularization", "seed",
+                 "learning_rate", "optimizer", "regularizer", "regularization",
+                 "regularization_scope", "seed",
                  "validation_fraction", "test_fraction", "early_stopping_patience",
                  "include_implicit")
 
@@ -114,7 +118,8 @@ def _train():
         hidden_units=tuple(int(h) for h in FLAGS.hidden_units), epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         optimizer=FLAGS.optimizer, regularizer=FLAGS.regularizer,
-        regularization=FLAGS.regularization, seed=FLAGS.seed,
+        regularization=FLAGS.regularization, regularization_scope=FLAGS.regularization_scope,
+        seed=FLAGS.seed,
         validation_fraction=FLAGS.validation_fraction, test_fraction=FLAGS.test_fraction,
         early_stopping_patience=FLAGS.early_stopping_patience,
         include_implicit=FLAGS.include_implicit,
