@@ -112,6 +112,9 @@ def test_update_writes_the_next_version_with_parent_and_metrics(updated, old_and
     assert manifest["parent_version"] == before["version"]
     assert os.path.isdir(os.path.join(out, "user_tower", str(exported.version)))
     assert os.path.isdir(os.path.join(out, "user_tower", str(before["version"])))  # kept
+    assert manifest["checkpoint"]["files"] == ["vocabularies.json", "weights.npz", "optimizer.npz"]
+    assert sorted(os.listdir(os.path.join(out, manifest["checkpoint"]["path"]))) == sorted(
+        manifest["checkpoint"]["files"])
     update = manifest["update"]
     new_users = set(old_and_new[1].ratings["user_id"])
     assert update["data_added"]["new_users"] == len(new_users)

@@ -57,13 +57,16 @@ def _accumulators(model):
 
 
 def save_state(model, folder):
+    """Writes the model's checkpoint into `folder`; returns the file names written."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, VOCABULARIES_FILE), "w", encoding="utf-8") as f:
         json.dump(model_vocabularies(model), f, ensure_ascii=False)
     np.savez(os.path.join(folder, WEIGHTS_FILE), **model_weights(model))
     accumulators = {key: slot.numpy() for key, _, slot in _accumulators(model)}
-    if accumulators:
-        np.savez(os.path.join(folder, OPTIMIZER_FILE), **accumulators)
+    if not accumulators:
+        return list(FILES)
+    np.savez(os.path.join(folder, OPTIMIZER_FILE), **accumulators)
+    return list(FILES) + [OPTIMIZER_FILE]
 
 
 def read_optimizer_state(folder):

@@ -11,7 +11,8 @@ Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the h
                                  rows sorted by item id
     users/<version>/             users.csv (known users' features), rated.npz (who rated what)
     training/<version>/          history.json (loss and RMSE per epoch), training_curve.png
-    checkpoint/<version>/        vocabularies.json, weights.npz: what a warm start continues from
+    checkpoint/<version>/        vocabularies.json, weights.npz (+ optimizer.npz with Adagrad): what
+                                 a warm start continues from
     models.config                TF Serving model_config_list for the four SavedModels
     manifest.json                the current version's manifest: dimensions, signatures, data,
                                  config, metrics (manifests/<version>.json keeps every version's)
@@ -236,7 +237,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
         users_of(result).to_csv(os.path.join(folder, "users.csv"), index=False)
         np.savez(os.path.join(folder, "rated.npz"),
                  **rated_items(interactions_of(result), catalogue["item_id"].tolist()))
-        checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
+        checkpoint_files = checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
 
         paths = {}
         folder = os.path.join(staging, TRAINING)
@@ -284,7 +285,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
                     "rating_scale": list(dataset.rating_scale),
                     "counts": dataset.counts(), "splits": result.splits.sizes(),
                     "report": dataset.report.to_dict()},
-        "checkpoint": {"path": f"{CHECKPOINT}/{version}", "files": list(checkpoint.FILES)},
+        "checkpoint": {"path": f"{CHECKPOINT}/{version}", "files": checkpoint_files},
         "parent_version": result.parent.version if result.parent is not None else None,
         "update": result.update,
         "config": result.config.to_dict(),
