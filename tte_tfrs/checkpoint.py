@@ -87,14 +87,18 @@ def restore_optimizer(model, accumulators):
     optimizer.build(model.trainable_variables)
     for key, _, slot in _accumulators(model):
         if key in accumulators:
-            old = accumulators[key]
-            if old.ndim == 0:
-                slot.assign(old)
-                continue
-            value = np.full(slot.shape, optimizer.initial_accumulator_value, np.float32)
-            value[: len(old)] = old
-            slot.assign(value)
+            fresh = np.full(slot.shape, optimizer.initial_accumulator_value, np.float32)
+            slot.assign(_with_leading_rows(accumulators[key], fresh))
     return True
+
+
+def _with_leading_rows(old, fresh):
+    """`fresh` (the grown shape) with its first rows replaced by `old`; `old` itself when the shape
+    did not grow (scalars included)."""
+    if old.shape == fresh.shape:
+        return old
+    fresh[: old.shape[0]] = old
+    return fresh
 
 
 def read_state(folder):
@@ -147,14 +151,11 @@ def restore_grown(model, weights):
                 raise ValueError(f"the saved state has no weight {key!r}: the model's structure "
                                  "changed since it was exported")
             old, current = weights[key], variable.numpy()
-            if old.shape == current.shape:
-                variable.assign(old)
-                continue
             grew = (id(variable) in tables and old.ndim == 2 and current.shape[1] == old.shape[1]
                     and current.shape[0] > old.shape[0])
-            if not grew:
+            if old.shape != current.shape and not grew:
                 raise ValueError(f"weight {key!r} has shape {current.shape} but the saved state "
                                  f"has {old.shape}")
-            current[old.shape[0]:] += old[0]
-            current[: old.shape[0]] = old
-            variable.assign(current)
+            if grew:
+                current[old.shape[0]:] += old[0]
+            variable.assign(_with_leading_rows(old, current))

@@ -168,13 +168,17 @@ def fit(model, config, train_columns, validation_columns, optimizer_state=None):
     return {k: [float(x) for x in v] for k, v in history.history.items()}, fit_metrics
 
 
-def evaluate_splits(model, dataset, splits, validation_columns, global_mean):
-    """Validation and (when there is a test split) test RMSE/MAE, with the global-mean baseline."""
+def evaluate_splits(model, dataset, splits, validation_columns, global_mean, test_columns=None):
+    """Validation and (when there is a test split) test RMSE/MAE, with the global-mean baseline.
+
+    `test_columns` are the joined test rows when the caller has them already.
+    """
     out = {}
     out["validation_rmse"], out["validation_mae"] = rmse_mae(
         validation_columns[RATING], predict(model, validation_columns))
     if len(splits.test):
-        test_columns = join_features(splits.test, dataset)
+        if test_columns is None:
+            test_columns = join_features(splits.test, dataset)
         out["test_rmse"], out["test_mae"] = rmse_mae(test_columns[RATING],
                                                      predict(model, test_columns))
         out["baseline_rmse"], out["baseline_mae"] = rmse_mae(

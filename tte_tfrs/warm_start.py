@@ -16,6 +16,7 @@ import pandas as pd
 from tte_tfrs import checkpoint, training
 from tte_tfrs.config import TrainConfig
 from tte_tfrs.data.cleaning import OUT_OF_SCALE
+from tte_tfrs.data.dataset import join_features
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.errors import ConfigError, TteError
 from tte_tfrs.layout import CHECKPOINT, EMBEDDINGS, USERS
@@ -201,10 +202,13 @@ def warm_start(output_dir, dataset=None, allow_invalid_ratings=False, **override
     training.predict(model, {k: v[:1] for k, v in train_columns.items()})   # creates the weights
     checkpoint.restore_grown(model, parent.weights)
 
-    before = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean)
+    test_columns = join_features(splits.test, dataset)       # joined once, scored twice
+    before = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean,
+                                      test_columns)
     history, metrics = training.fit(model, config, train_columns, validation_columns,
                                     parent.optimizer_state)
-    after = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean)
+    after = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean,
+                                     test_columns)
     metrics.update(after)
     update = {"parent_version": parent.version, "data_added": data_added(parent, dataset),
               "vocabulary_growth": growth, "metrics_before": before, "metrics_after": after}
