@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 import tte_tfrs  # noqa: F401
-from tte_tfrs.recommender import Recommender, load_item_table
+from tte_tfrs.serving.recommender import Recommender
 from tte_tfrs.retrieval import ItemIndex, get_backend, installed_backends
 
 flags.DEFINE_string("output_dir", None, "Export root with at least a few hundred thousand items.")
@@ -70,7 +70,7 @@ def time_batch(index, queries, k):
 def main(argv):
     del argv
     recommender = Recommender.load(FLAGS.output_dir, backend="exact")
-    embeddings, ids, _ = load_item_table(FLAGS.output_dir, recommender.version)
+    embeddings, ids = recommender.reader.item_table.embeddings, recommender.reader.item_table.ids
     rng = np.random.default_rng(FLAGS.seed)
     users = rng.choice(recommender.users_with_ratings, FLAGS.queries, replace=False)
     requests = [recommender.user_features(u) for u in users]

@@ -16,8 +16,8 @@ import time
 from absl import app, flags
 
 import tte_tfrs
-from tte_tfrs.config import TrainConfig
-from tte_tfrs.training import train
+from tte_tfrs.training.config import TrainConfig
+from tte_tfrs.training.trainer import train
 
 flags.DEFINE_string("data_dir", None, "Data folder; unset means the embedded data.")
 flags.DEFINE_string("dataset", "auto", "Data layout (auto, kaggle, bx, movielens).")

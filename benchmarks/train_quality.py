@@ -17,9 +17,9 @@ import time
 from absl import app, flags
 
 import tte_tfrs
-from tte_tfrs.config import TrainConfig
+from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.synthetic import SyntheticConfig, generate
-from tte_tfrs.training import train
+from tte_tfrs.training.trainer import train
 
 flags.DEFINE_string("bookcrossing", None, "Book-Crossing folder or archive.zip (skipped if unset).")
 flags.DEFINE_string("movielens", None, "MovieLens 100K folder (skipped if unset).")

@@ -32,13 +32,14 @@ from absl import app, flags
 
 import tte_tfrs  # before TensorFlow: sets TF_USE_LEGACY_KERAS
 import tensorflow as tf
-from tte_tfrs import metrics, training
-from tte_tfrs.config import TrainConfig
+from tte_tfrs.evaluation import metrics
+from tte_tfrs.training import trainer as training
+from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.export import export
-from tte_tfrs.indexing import build_index, refresh_indexes
-from tte_tfrs.model import RATING
-from tte_tfrs.warm_start import warm_start
+from tte_tfrs.exports.writer import export
+from tte_tfrs.retrieval.building import build_index, refresh_indexes
+from tte_tfrs.model.two_tower import RATING
+from tte_tfrs.training.warm_start import warm_start
 
 flags.DEFINE_string("bookcrossing", None, "Book-Crossing folder or archive.zip.", required=True)
 flags.DEFINE_float("old_fraction", 0.8, "Share of the explicit ratings (file order) seen first.")
@@ -94,7 +95,7 @@ def main(argv):
     _, update_export_seconds = timed(export, update, os.path.join(work, "updated"))
     update_rmse = rmse_on(update.model, dataset, held_out)
     refreshed, refresh_seconds = timed(refresh_indexes, os.path.join(work, "updated"),
-                                       update.parent.manifest)
+                                       update.parent.version)
     ((backend, meta),) = refreshed.items()
     index = {"backend": backend, "base_build_seconds": base_index_seconds,
              "refresh_seconds": refresh_seconds, "refresh": meta["refresh"]}

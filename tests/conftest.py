@@ -5,7 +5,7 @@ import os
 import pytest
 
 import tte_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tte_tfrs.config import TrainConfig
+from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.synthetic import SyntheticConfig, write_bookcrossing
 
 TINY = SyntheticConfig(n_users=400, n_items=300, n_interactions=9000, seed=7)
@@ -28,12 +28,12 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tiny_data):
-    from tte_tfrs.training import train
+    from tte_tfrs.training.trainer import train
     return train(tiny_config(tiny_data[0]))
 
 
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
-    from tte_tfrs.export import export
+    from tte_tfrs.exports.writer import export
     out = tmp_path_factory.mktemp("export")
     return export(trained, os.path.join(str(out), "models"))

@@ -5,12 +5,9 @@ import os
 
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from tte_tfrs.evaluation import EvaluationConfig, evaluate
+from tte_tfrs.evaluation.evaluate import EvaluationConfig, evaluate
 
-FLAGS = flags.FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +41,15 @@ def test_top_k_metrics_are_consistent(evaluated):
 
 def test_evaluate_script_writes_json_and_plot(exported, tmp_path, capsys):
     from tte_tfrs.scripts import evaluate as evaluate_script
-    if not FLAGS.is_parsed():
-        FLAGS.mark_as_parsed()
     out_json, out_png = str(tmp_path / "eval.json"), str(tmp_path / "recall.png")
-    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact", json=out_json,
-                             plot=out_png, ks=["1", "5", "10"]):
-        assert evaluate_script.main(["tte-evaluate"]) == 0
+    assert evaluate_script.run(["tte-evaluate", f"--output_dir={exported.output_dir}",
+                                "--backend=exact", f"--json={out_json}", f"--plot={out_png}",
+                                "--ks=1,5,10"]) == 0
     assert "recall@10" in capsys.readouterr().out
     saved = json.load(open(out_json))
     assert set(saved["recall_curve"]) == {"1", "5", "10"}
     assert open(out_png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    with flagsaver.flagsaver(output_dir=str(tmp_path / "none"), json=None, plot=None):
-        assert evaluate_script.main(["tte-evaluate"]) == 2
+    assert evaluate_script.run(["tte-evaluate", f"--output_dir={tmp_path / 'none'}"]) == 2
     assert "holds no export" in capsys.readouterr().err
 
 

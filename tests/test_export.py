@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.export import export
-from tte_tfrs.layout import MODELS
-from tte_tfrs.lifecycle import live_versions as existing_versions
-from tte_tfrs.training import predict
+from tte_tfrs.exports.writer import export
+from tte_tfrs.exports.layout import MODELS
+from tte_tfrs.exports.lifecycle import live_versions as existing_versions
+from tte_tfrs.training.trainer import predict
 
 CLEAN_LOADER = r"""
 import json, sys
@@ -164,8 +164,7 @@ def test_next_export_is_a_new_version_and_never_overwrites(trained, tmp_path):
 
 def test_failed_export_leaves_earlier_versions_and_manifest_untouched(trained, tmp_path,
                                                                       monkeypatch):
-    import importlib
-    export_module = importlib.import_module("tte_tfrs.export")     # the module, not tte_tfrs.export()
+    from tte_tfrs.exports import writer
     root = str(tmp_path / "models")
     export(trained, root)
     manifest_before = open(os.path.join(root, "manifest.json")).read()
@@ -173,7 +172,7 @@ def test_failed_export_leaves_earlier_versions_and_manifest_untouched(trained, t
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_module, "item_embeddings", broken)
+    monkeypatch.setattr(writer, "item_embeddings", broken)
     with pytest.raises(RuntimeError):
         export(trained, root)
     assert existing_versions(root) == [1]

@@ -4,15 +4,12 @@ import json
 import os
 
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from tte_tfrs import layout, lifecycle
-from tte_tfrs.export import export
-from tte_tfrs.lifecycle import ExportLockedError, LifecycleError, live_versions
-from tte_tfrs.recommender import Recommender
+from tte_tfrs.exports import layout, lifecycle
+from tte_tfrs.exports.writer import export
+from tte_tfrs.exports.lifecycle import ExportLockedError, LifecycleError, live_versions
+from tte_tfrs.serving.recommender import Recommender
 
-FLAGS = flags.FLAGS
 
 
 def current_version(root):
@@ -71,16 +68,12 @@ def test_prune_keeps_the_newest_versions(trained, tmp_path):
 
 def test_train_script_rollback_flag(trained, tmp_path, capsys):
     from tte_tfrs.scripts import train as train_script
-    if not FLAGS.is_parsed():
-        FLAGS.mark_as_parsed()
     root = str(tmp_path / "models")
     export(trained, root)
     export(trained, root)
-    with flagsaver.flagsaver(rollback=root):
-        assert train_script.main(["tte-train"]) == 0
+    assert train_script.run(["tte-train", f"--rollback={root}"]) == 0
     assert "version 1 is current again" in capsys.readouterr().out
-    with flagsaver.flagsaver(rollback=root):
-        assert train_script.main(["tte-train"]) == 2
+    assert train_script.run(["tte-train", f"--rollback={root}"]) == 2
     assert "needs a previous one" in capsys.readouterr().err
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tte_tfrs import metrics
+from tte_tfrs.evaluation import metrics
 
 # Two users: u1 has relevant {a, c, x} (x never recommended), u2 has relevant {e}; u3 has none.
 RECOMMENDED = [["a", "b", "c", "d"], ["d", "e", "f", "g"], ["a", "b", "c", "d"]]

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.training import predict, train
+from tte_tfrs.training.trainer import predict, train
 from conftest import tiny_config
 
 
@@ -58,8 +58,8 @@ def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data, scope):
 @pytest.mark.parametrize("scope, sparse", [("table", False), ("batch", True)])
 def test_batch_scoped_regularization_keeps_embedding_gradients_sparse(trained, scope, sparse):
     import tensorflow as tf
-    from tte_tfrs.data.pipeline import make_training_dataset
-    from tte_tfrs.training import build_model
+    from tte_tfrs.data.tfdata import make_training_dataset
+    from tte_tfrs.training.trainer import build_model
     config = tiny_config(trained.config.data_dir, regularization_scope=scope, regularization=0.1)
     columns = join_features(trained.splits.train, trained.dataset)
     model = build_model(config, trained.dataset, columns, 7.0)

@@ -7,13 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from tte_tfrs.indexing import build_index
-from tte_tfrs.recommender import Recommender, RecommendationError
+from tte_tfrs.errors import ExportError
+from tte_tfrs.retrieval.building import build_index
+from tte_tfrs.serving.recommender import Recommender, RecommendationError
 
-FLAGS = flags.FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def test_bad_requests_get_clear_errors(recommender, request_kwargs, message):
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
-    with pytest.raises(RecommendationError, match="holds no export"):
+    with pytest.raises(ExportError, match="holds no export"):
         Recommender.load(str(tmp_path))
 
 
@@ -133,19 +131,14 @@ def test_retrieval_savedmodel_answers_in_plain_tensorflow(exported, recommender)
 def test_index_and_recommend_scripts(exported, capsys):
     from tte_tfrs.scripts import index as index_script
     from tte_tfrs.scripts import recommend as recommend_script
-    if not FLAGS.is_parsed():
-        FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact"):
-        assert index_script.main(["tte-index"]) == 0
+    common = [f"--output_dir={exported.output_dir}", "--backend=exact"]
+    assert index_script.run(["tte-index", *common]) == 0
     assert "Built exact index" in capsys.readouterr().out
     user = str(np.loadtxt(os.path.join(exported.output_dir, "users", "1", "users.csv"),
                           dtype=str, delimiter=",", skiprows=1, usecols=0, max_rows=1))
-    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact", user_id=user, k=3,
-                             format="json"):
-        assert recommend_script.main(["tte-recommend"]) == 0
+    assert recommend_script.run(["tte-recommend", *common, f"--user_id={user}", "--k=3",
+                                 "--format=json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert len(answer["recommendations"]) == 3 and answer["user_id"] == user
-    with flagsaver.flagsaver(output_dir=exported.output_dir, backend="exact", user_id=None,
-                             feature=["age=abc"], format="table"):
-        assert recommend_script.main(["tte-recommend"]) == 2
+    assert recommend_script.run(["tte-recommend", *common, "--feature=age=abc"]) == 2
     assert "'age' must be a number" in capsys.readouterr().err

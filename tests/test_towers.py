@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tte_tfrs import features
+from tte_tfrs.data import features
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.features import FeatureSpec
-from tte_tfrs.towers import ITEM, USER, Tower, make_regularizer
-from tte_tfrs.vocabulary import build_vocabularies
+from tte_tfrs.data.features import FeatureSpec
+from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
+from tte_tfrs.model.vocabulary import build_vocabularies
 
 
 def strings(tensor):

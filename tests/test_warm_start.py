@@ -7,25 +7,22 @@ import os
 
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from tte_tfrs import checkpoint, training
+from tte_tfrs.training import checkpoint, trainer as training
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.report import DataReport
 from tte_tfrs.errors import ConfigError
-from tte_tfrs.export import export
-from tte_tfrs.indexing import build_index
-from tte_tfrs.layout import CHECKPOINT, MANIFEST
-from tte_tfrs.pipeline import update_and_export
-from tte_tfrs.recommender import Recommender
+from tte_tfrs.exports.writer import export
+from tte_tfrs.retrieval.building import build_index
+from tte_tfrs.exports.layout import CHECKPOINT, MANIFEST
+from tte_tfrs.workflows import update_and_export
+from tte_tfrs.serving.recommender import Recommender
 from tte_tfrs.retrieval.faiss_backends import IvfPqBackend
-from tte_tfrs.retrieval.index import ItemIndex
+from tte_tfrs.retrieval.item_index import ItemIndex
 from tte_tfrs.scripts import train as train_script
-from tte_tfrs.warm_start import UpdateRefusedError, warm_start
+from tte_tfrs.training.warm_start import UpdateRefusedError, warm_start
 from conftest import tiny_config
 
-FLAGS = flags.FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +200,8 @@ def test_poisoning_inputs_are_refused_before_anything_changes(parent, old_and_ne
 
 def test_train_script_refuses_a_poisoning_update_with_a_message(parent, tiny_data, capsys):
     manifest_bytes = open(os.path.join(parent, MANIFEST), "rb").read()
-    if not FLAGS.is_parsed():
-        FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(warm_start_from=parent, data_dir=tiny_data[0], verbose=0):
-        assert train_script.main(["tte-train"]) == 2
+    assert train_script.run(["tte-train", f"--warm_start_from={parent}",
+                             f"--data_dir={tiny_data[0]}", "--verbose=0"]) == 2
     error = capsys.readouterr().err
     assert "outside the scale 0-10" in error and "--allow_invalid_ratings" in error
     _unchanged(parent, manifest_bytes)

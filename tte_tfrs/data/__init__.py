@@ -1,4 +1,10 @@
-"""Reading, validating, splitting and streaming rating data."""
+"""Stage 1-3 of the flow: files -> validated tables -> tf.data.
+
+Owns the readers of every supported layout (Kaggle and original Book-Crossing, MovieLens 100K), the
+cleaning and counting of every decision (`DataReport`), the feature schema shared by readers,
+towers and serving (`features`), the seeded splits, the tf.data pipelines and the synthetic data
+generator. May import: tte_tfrs.errors (and TensorFlow for the shared string standardisation).
+"""
 
 from tte_tfrs.data.dataset import Dataset
 from tte_tfrs.data.loader import DATASETS, DEFAULT_DATA_DIR, load_dataset

@@ -5,7 +5,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from tte_tfrs import features
+from tte_tfrs.data import features
 from tte_tfrs.errors import DataError
 
 # Part of the report reason for dropped ratings outside the scale (updates refuse such files).

@@ -1,1 +1,3 @@
-"""absl-flag console scripts; the only place flags exist."""
+"""The absl entry points (tte-train, tte-index, tte-recommend, tte-evaluate): each defines its own
+flags, builds a config and calls one library function. The only place flags exist.
+"""

@@ -1,32 +1,35 @@
 """tte-evaluate: rating errors and top-K quality of an export on its held-out split.
 
-Example:
+Examples:
   tte-evaluate --k=10 --json=eval.json --plot=recall.png
   tte-evaluate --output_dir=/tmp/ml --relevance_threshold=4
 """
 
+from __future__ import annotations
+
 import json
+import os
 import sys
+from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from tte_tfrs.errors import TteError
-from tte_tfrs.evaluation import EvaluationConfig, evaluate
-from tte_tfrs.plots import plot_recall_curve
-from tte_tfrs.scripts import shared_flags  # shared flags --output_dir, --backend and start()
+from tte_tfrs.errors import ConfigError
+from tte_tfrs.evaluation.evaluate import EvaluationConfig, evaluate
+from tte_tfrs.evaluation.plots import plot_recall_curve
+from tte_tfrs.scripts import cli
 
-flags.DEFINE_enum("eval_split", "test", ["test", "validation"],
-                 "Held-out rows of the export's own split to score.")
-flags.DEFINE_list("ks", ["1", "5", "10", "20", "50", "100"], "List lengths for the recall curve.")
-flags.DEFINE_float("relevance_threshold", None,
-                   "Held-out ratings at least this high are relevant (default 8 on 0-10, 4 on 1-5).")
-flags.DEFINE_integer("max_users", 5000, "Most users for the top-K metrics (seeded sample).")
-flags.DEFINE_string("json", None, "Write the results here as JSON.")
-flags.DEFINE_string("plot", None, "Save recall@K against K here as a PNG.")
-FLAGS = flags.FLAGS
+PROGRAM = "tte-evaluate"
+RENAMED = {"split": "eval_split"}       # --split means the training split in tte-train
 
 
-def format_result(result):
+def define_flags(values: flags.FlagValues) -> None:
+    cli.define_config_flags(values, EvaluationConfig, rename=RENAMED)
+    flags.DEFINE_string("json", None, "Write the results here as JSON.", flag_values=values)
+    flags.DEFINE_string("plot", None, "Save recall@K against K here as a PNG.", flag_values=values)
+
+
+def format_result(result: dict) -> str:
     lines = [f"{'held-out ratings':22}{result['rows']:>10,}",
              f"{'RMSE / MAE':22}{result['rmse']:>10.4f}{result['mae']:>10.4f}",
              f"{'global mean RMSE / MAE':22}{result['baseline_rmse']:>10.4f}"
@@ -41,30 +44,33 @@ def format_result(result):
     return "\n".join(lines)
 
 
-def main(argv):
-    shared_flags.start(argv)
-    try:
-        config = EvaluationConfig(
-            output_dir=FLAGS.output_dir, data_dir=FLAGS.data_dir, dataset=FLAGS.dataset,
-            split=FLAGS.eval_split, k=FLAGS.k, ks=tuple(int(k) for k in FLAGS.ks),
-            relevance_threshold=FLAGS.relevance_threshold, backend=FLAGS.backend,
-            max_users=FLAGS.max_users)
-        result = evaluate(config)
-        if FLAGS.plot:
-            plot_recall_curve(result, FLAGS.plot)
-    except (TteError, ValueError, OSError) as exc:
-        print(f"tte-evaluate: error: {exc}", file=sys.stderr)
-        return 2
+def _writable(path: str | None, flag: str) -> str | None:
+    """`path` expanded, after checking its folder exists (before the evaluation runs)."""
+    path = cli.expand_path(path)
+    if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ConfigError(f"the folder of {path} does not exist", field=flag)
+    return path
+
+
+def main(values: flags.FlagValues) -> int:
+    json_path, plot_path = _writable(values.json, "json"), _writable(values.plot, "plot")
+    settings = cli.config_values(values, EvaluationConfig, rename=RENAMED)
+    for key in ("output_dir", "data_dir"):
+        settings[key] = cli.expand_path(settings[key])
+    result = evaluate(EvaluationConfig(**settings))
+    if plot_path:
+        plot_recall_curve(result, plot_path)
     print(format_result(result))
-    if FLAGS.json:
-        with open(FLAGS.json, "w", encoding="utf-8") as f:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
     return 0
 
 
-def run():
-    app.run(main)
+def run(argv: Sequence[str] | None = None) -> int:
+    """The ``tte-evaluate`` console script; returns the exit code."""
+    return cli.run(PROGRAM, __doc__, define_flags, main, argv)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(run())

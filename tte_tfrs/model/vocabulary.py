@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from tte_tfrs import features
+from tte_tfrs.data import features
 
 
 def build_vocabularies(specs, columns, min_count, max_text_tokens):

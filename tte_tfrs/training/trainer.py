@@ -9,15 +9,16 @@ import numpy as np
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
-from tte_tfrs import checkpoint, metrics
-from tte_tfrs.config import TrainConfig
+from tte_tfrs.evaluation import metrics
+from tte_tfrs.training import checkpoint
+from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.dataset import join_features
 from tte_tfrs.data.loader import load_dataset
-from tte_tfrs.data.pipeline import make_tf_dataset, make_training_dataset
+from tte_tfrs.data.tfdata import make_tf_dataset, make_training_dataset
 from tte_tfrs.data.split import split_ratings
-from tte_tfrs.model import RATING, TwoTowerRatingModel
-from tte_tfrs.towers import ITEM, USER, Tower, make_regularizer
-from tte_tfrs.vocabulary import build_vocabularies
+from tte_tfrs.model.two_tower import RATING, TwoTowerRatingModel
+from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
+from tte_tfrs.model.vocabulary import build_vocabularies
 
 PREDICT_BATCH = 8192
 

@@ -1,19 +1,25 @@
-"""Recommendations from an export: user tower -> ANN candidates -> exact dot products -> top k."""
+"""Recommendations from an export: user tower -> ANN candidates -> exact dot products -> top k.
+
+May import: tte_tfrs.exports (the reader), tte_tfrs.retrieval.
+"""
+
+from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
 from tte_tfrs.errors import TteError
-from tte_tfrs.layout import EMBEDDINGS, INDEX, MANIFEST, USERS
+from tte_tfrs.exports.reader import ExportReader, RatedItems
 from tte_tfrs.retrieval import DEFAULT_BACKEND, ItemIndex
+
 
 class RecommendationError(TteError, ValueError):
     """A request cannot be answered: unknown user, bad feature value, k out of range."""
@@ -35,57 +41,39 @@ class Recommendation:
     score: float
     title: str
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def index_folder(output_dir, backend, version):
-    return os.path.join(output_dir, INDEX, backend, str(version))
-
-
-def read_manifest(output_dir):
-    path = os.path.join(output_dir, MANIFEST)
-    if not os.path.exists(path):
-        raise RecommendationError(f"{output_dir} holds no export ({MANIFEST} is missing); "
-                                  "train one with tte-train --output_dir=" + str(output_dir))
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def load_item_table(output_dir, version):
-    """(embeddings, ids, titles) of the export's item catalogue."""
-    folder = os.path.join(output_dir, EMBEDDINGS, str(version))
-    embeddings = np.load(os.path.join(folder, "embeddings.npy"))
-    with open(os.path.join(folder, "item_ids.txt"), encoding="utf-8") as f:
-        ids = np.array(f.read().splitlines(), dtype=object)
-    items = pd.read_csv(os.path.join(folder, "items.csv"), dtype={"item_id": str},
-                        keep_default_na=False)
-    titles = items["title"].astype(str).to_numpy() if "title" in items else np.full(len(ids), "")
-    return embeddings, ids, titles
+def normalize_user_id(user_id: Any) -> str | None:
+    """The one form of a user id every lookup uses: a string without surrounding white space."""
+    return None if user_id is None else str(user_id).strip()
 
 
 class Recommender:
     """Answers recommendation requests for one exported version.
 
     Build it with `Recommender.load`. Requests name a known user by id, or give raw user features
-    (a new user with no id, or overrides for a known one). Items the user has rated are skipped unless
-    ``exclude_rated=False``. Identical embeddings give identical rankings: scores are exact dot
-    products and ties go to the lower item id.
+    (a new user with no id, or overrides for a known one). Items the user has rated are skipped
+    unless ``exclude_rated=False``. Identical embeddings give identical rankings: scores are exact
+    dot products and ties go to the lower item id.
     """
 
-    def __init__(self, manifest, user_tower, index, titles, users, rated):
-        self.manifest = manifest
-        self.version = manifest["version"]
+    def __init__(self, reader: ExportReader, user_tower: Any, index: ItemIndex):
+        self.reader = reader
+        self.manifest = reader.manifest
+        self.version: int = reader.version
         self._user_tower = user_tower
         self.index = index
-        self._titles = titles
-        self._specs = manifest["signatures"]["user_tower"]["inputs"]
-        self._users = users
-        self._rated = rated
-        self._rated_position = {u: n for n, u in enumerate(rated["user_ids"])}
+        self._titles = reader.item_table.titles
+        self._specs = reader.user_inputs()
+        self._users = reader.users
+        self._rated: RatedItems = reader.rated
 
     @classmethod
-    def load(cls, output_dir, backend=DEFAULT_BACKEND, search_params=None, build_if_missing=True):
+    def load(cls, output_dir: str, backend: str = DEFAULT_BACKEND,
+             search_params: Mapping[str, Any] | None = None,
+             build_if_missing: bool = True) -> Recommender:
         """Loads the current export of `output_dir` and its `backend` index.
 
         Args:
@@ -95,49 +83,42 @@ class Recommender:
           build_if_missing: build the index in memory (with default settings) when none was saved.
 
         Raises:
-          RecommendationError: no export there. IndexMismatchError: the saved index belongs to other
-          embeddings. ConfigError: unknown backend, or ScaNN not installed.
+          ExportError: no export there, or a damaged one. IndexMismatchError: the saved index
+          belongs to other embeddings. ConfigError: unknown backend, or ScaNN not installed.
         """
-        manifest = read_manifest(output_dir)
-        version = manifest["version"]
-        embeddings, ids, titles = load_item_table(output_dir, version)
-        folder = index_folder(output_dir, backend, version)
+        reader = ExportReader(output_dir)
+        table = reader.item_table
+        folder = reader.index_folder(backend)
         if os.path.exists(folder) or not build_if_missing:
-            index = ItemIndex.load(folder, embeddings, ids, version, search_params)
+            index = ItemIndex.load(folder, table.embeddings, table.ids, reader.version,
+                                   search_params)
         else:
-            index = ItemIndex.build(embeddings, ids, backend, search_params=search_params)
-            index.notes.append(f"no saved {backend} index for version {version}; built one in "
-                               "memory (save it with tte-index)")
-        user_tower = tf.saved_model.load(os.path.join(output_dir, "user_tower", str(version)))
-        users_folder = os.path.join(output_dir, USERS, str(version))
-        users = pd.read_csv(os.path.join(users_folder, "users.csv"), dtype=str,
-                            keep_default_na=False).set_index("user_id", drop=False)
-        with np.load(os.path.join(users_folder, "rated.npz"), allow_pickle=False) as rated:
-            rated = {key: rated[key] for key in rated.files}
-        return cls(manifest, user_tower.signatures["serving_default"], index, titles, users, rated)
+            index = ItemIndex.build(table.embeddings, table.ids, backend,
+                                    search_params=search_params)
+            index.notes.append(f"no saved {backend} index for version {reader.version}; built one "
+                               "in memory (save it with tte-index)")
+        user_tower = tf.saved_model.load(reader.saved_model("user_tower"))
+        return cls(reader, user_tower.signatures["serving_default"], index)
 
     @property
-    def users_with_ratings(self):
+    def users_with_ratings(self) -> np.ndarray:
         """Ids of the users the export knows interactions of, sorted."""
-        return self._rated["user_ids"]
+        return self._rated.user_ids
 
-    def has_user(self, user_id):
+    def has_user(self, user_id: Any) -> bool:
         """Whether `user_id` is one of the export's known users (with stored features)."""
-        return str(user_id).strip() in self._users.index
+        return normalize_user_id(user_id) in self._users.index
 
     @property
-    def catalogue_size(self):
+    def catalogue_size(self) -> int:
         return len(self.index.ids)
 
-    def rated_rows(self, user_id):
+    def rated_rows(self, user_id: Any) -> np.ndarray:
         """Catalogue rows the user has rated or interacted with (empty for unknown users)."""
-        position = self._rated_position.get(str(user_id))
-        if position is None:
-            return np.zeros(0, np.int64)
-        offsets = self._rated["offsets"]
-        return self._rated["rows"][offsets[position]:offsets[position + 1]]
+        return self._rated.of(normalize_user_id(user_id))
 
-    def user_features(self, user_id=None, features=None):
+    def user_features(self, user_id: Any = None,
+                      features: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The raw tower inputs for one request, validated; see `recommend`."""
         features = dict(features or {})
         unknown = sorted(set(features) - set(self._specs))
@@ -146,7 +127,7 @@ class Recommender:
                                       f"takes {', '.join(self._specs)}")
         row = {}
         if user_id is not None:
-            user_id = str(user_id).strip()
+            user_id = normalize_user_id(user_id)
             if user_id in self._users.index:
                 row = self._users.loc[user_id].to_dict()
             elif len(features) == 0:
@@ -167,7 +148,7 @@ class Recommender:
                 values[name] = "" if value is None or _is_nan(value) else str(value)
         return values
 
-    def user_embeddings(self, requests):
+    def user_embeddings(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """User embeddings [len(requests), dim] for a list of feature dicts from `user_features`."""
         inputs = {}
         for name, spec in self._specs.items():
@@ -176,7 +157,8 @@ class Recommender:
             inputs[name] = tf.constant(column, dtype=dtype)
         return self._user_tower(**inputs)["embedding"].numpy()
 
-    def recommend(self, user_id=None, features=None, k=10, exclude_rated=True):
+    def recommend(self, user_id: Any = None, features: Mapping[str, Any] | None = None,
+                  k: int = 10, exclude_rated: bool = True) -> list[Recommendation]:
         """Top-k items for one user.
 
         Args:
@@ -195,11 +177,14 @@ class Recommender:
         """
         return self.recommend_batch([user_id], [features], k, exclude_rated)[0]
 
-    def recommend_batch(self, user_ids=None, features=None, k=10, exclude_rated=True):
+    def recommend_batch(self, user_ids: Sequence[Any] | None = None,
+                        features: Sequence[Mapping[str, Any] | None] | None = None,
+                        k: int = 10, exclude_rated: bool = True) -> list[list[Recommendation]]:
         """`recommend` for many users at once: one tower call and one batched search."""
         k = self._check_k(k)
         count = len(user_ids if user_ids is not None else features)
-        user_ids = list(user_ids) if user_ids is not None else [None] * count
+        user_ids = ([normalize_user_id(u) for u in user_ids] if user_ids is not None
+                    else [None] * count)
         features = list(features) if features is not None else [None] * count
         if len(user_ids) != len(features):
             raise RecommendationError(f"{len(user_ids)} user ids but {len(features)} feature sets")
@@ -219,7 +204,7 @@ class Recommender:
                                                                  query_rows[valid]))])
         return results
 
-    def _check_k(self, k):
+    def _check_k(self, k: Any) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise RecommendationError(f"k must be a whole number, got {k!r}")
         if not 1 <= k <= self.catalogue_size:
@@ -228,11 +213,11 @@ class Recommender:
         return int(k)
 
 
-def _is_nan(value):
+def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _as_float(name, value):
+def _as_float(name: str, value: Any) -> float:
     if value is None or (isinstance(value, str) and value.strip() in ("", "nan", "NaN")):
         return float("nan")
     try:

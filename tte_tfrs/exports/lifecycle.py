@@ -15,7 +15,8 @@ import socket
 import tempfile
 
 from tte_tfrs.errors import TteError
-from tte_tfrs.layout import INDEX, LOCK_FILE, MANIFEST, MANIFESTS, ROLLED_BACK, VERSIONED
+from tte_tfrs.exports.layout import INDEX_ROOT, LOCK_FILE, MANIFEST, MANIFESTS, ROLLED_BACK, VERSIONED
+from tte_tfrs.exports.reader import current_version
 
 
 
@@ -111,15 +112,6 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to the manifest")
 
 
-def current_version(output_dir):
-    """The version ``manifest.json`` names, or None when there is no export yet."""
-    path = os.path.join(output_dir, MANIFEST)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("version")
-
-
 def live_versions(output_dir):
     """Versions whose folders exist for every versioned part, ascending."""
     found = None
@@ -174,7 +166,7 @@ def repair(output_dir):
 
 def _version_folders(output_dir, version):
     folders = [os.path.join(output_dir, name, str(version)) for name in VERSIONED]
-    index_root = os.path.join(output_dir, INDEX)
+    index_root = os.path.join(output_dir, INDEX_ROOT)
     if os.path.isdir(index_root):
         folders += [os.path.join(index_root, backend, str(version))
                     for backend in sorted(os.listdir(index_root))]

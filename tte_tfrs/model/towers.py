@@ -17,7 +17,7 @@ import numpy as np
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
-from tte_tfrs import features
+from tte_tfrs.data import features
 
 USER = "user"
 ITEM = "item"

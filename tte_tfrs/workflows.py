@@ -1,12 +1,16 @@
-"""The main job in one call: load -> train -> export, reporting as it goes."""
+"""The main jobs in one call, reporting as they go: load -> train -> export, and
+warm start -> export -> refresh the parent's indexes.
+
+May import every stage (it chains them); nothing but the scripts and the package root imports it.
+"""
 
 import os
 
 from tte_tfrs.data.loader import load_dataset
-from tte_tfrs.export import export
-from tte_tfrs.indexing import refresh_indexes
-from tte_tfrs.training import train
-from tte_tfrs.warm_start import warm_start
+from tte_tfrs.exports.writer import export
+from tte_tfrs.retrieval.building import refresh_indexes
+from tte_tfrs.training.trainer import train
+from tte_tfrs.training.warm_start import warm_start
 
 
 def train_and_export(config, output_dir, log=print):
@@ -61,7 +65,7 @@ def update_and_export(output_dir, log=print, dataset=None, allow_invalid_ratings
         if name in after:
             log(f"{name.replace('_', ' ')} on the new data: {before[name]:.4f} before the update, "
                 f"{after[name]:.4f} after")
-    indexes = refresh_indexes(output_dir, result.parent.manifest)
+    indexes = refresh_indexes(output_dir, result.parent.version)
     for backend, meta in indexes.items():
         log(f"Index {backend}: {meta['refresh']}")
     return result, exported, indexes

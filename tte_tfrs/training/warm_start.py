@@ -1,28 +1,33 @@
 """Warm starts: continue the current version of an export on new data (SRS NFR1).
 
-An update reads the parent version's checkpoint (vocabularies and weights), grows every vocabulary by
-appending the new data's values (known values keep their rows, copied bit for bit), trains on the new
-data (continuing the parent's Adagrad accumulators; other optimizers start afresh), and is exported
-as the next version with the parent's catalogue, users and interactions carried over. Inputs that would poison the model are refused before anything is
-trained or written (`check_update`).
+An update reads the parent version's checkpoint (vocabularies and weights), grows every vocabulary
+by appending the new data's values (known values keep their rows, copied bit for bit), trains on
+the new data (continuing the parent's Adagrad accumulators; other optimizers start afresh), and is
+exported as the next version with the parent's catalogue, users and interactions carried over.
+Inputs that would poison the model are refused before anything is trained or written
+(`check_update`).
+
+May import: tte_tfrs.data, tte_tfrs.model, tte_tfrs.training, tte_tfrs.exports.reader.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import os
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tte_tfrs import checkpoint, training
-from tte_tfrs.config import TrainConfig
 from tte_tfrs.data.cleaning import OUT_OF_SCALE
-from tte_tfrs.data.dataset import join_features
+from tte_tfrs.data.dataset import Dataset, join_features
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.errors import ConfigError, TteError
-from tte_tfrs.layout import CHECKPOINT, EMBEDDINGS, USERS
-from tte_tfrs.model import RATING
-from tte_tfrs.recommender import read_manifest
-from tte_tfrs.vocabulary import build_vocabularies
+from tte_tfrs.exports.reader import ExportReader
+from tte_tfrs.model.two_tower import RATING
+from tte_tfrs.model.vocabulary import build_vocabularies
+from tte_tfrs.training import checkpoint
+from tte_tfrs.training import trainer as training
+from tte_tfrs.training.config import TrainConfig
 
 # Settings that shape the model's tables: an update keeps the parent's.
 FIXED_BY_PARENT = ("embedding_dim", "hidden_units", "regularizer", "min_count", "max_text_tokens")
@@ -58,58 +63,48 @@ class Parent:
     interactions: pd.DataFrame
 
     @classmethod
-    def load(cls, output_dir):
+    def load(cls, output_dir: str) -> Parent:
         """Reads the current version of `output_dir`.
 
         Raises:
-          RecommendationError: no export there. UpdateRefusedError: the version has no checkpoint.
+          ExportError: no export there, or a damaged one. UpdateRefusedError: the version has no
+          checkpoint.
         """
-        manifest = read_manifest(output_dir)
-        version = manifest["version"]
-        folder = os.path.join(output_dir, CHECKPOINT, str(version))
+        reader = ExportReader(output_dir)
+        folder = reader.checkpoint_folder()
         try:
             vocabularies, weights = checkpoint.read_state(folder)
         except FileNotFoundError as exc:
             raise UpdateRefusedError(
-                f"version {version} of {output_dir} cannot be continued: {exc} (it was exported "
-                "before checkpoints were written); train a new model instead") from None
-        read = dict(dtype=str, keep_default_na=False)
-        items = pd.read_csv(os.path.join(output_dir, EMBEDDINGS, str(version), "items.csv"), **read)
-        users_folder = os.path.join(output_dir, USERS, str(version))
-        users = pd.read_csv(os.path.join(users_folder, "users.csv"), **read)
-        with np.load(os.path.join(users_folder, "rated.npz"), allow_pickle=False) as rated:
-            counts = np.diff(rated["offsets"])
-            interactions = pd.DataFrame({
-                "user_id": np.repeat(rated["user_ids"], counts).astype(str),
-                "item_id": items["item_id"].to_numpy()[rated["rows"]] if len(items) else []})
-        return cls(output_dir, version, manifest, vocabularies, weights,
-                   checkpoint.read_optimizer_state(folder), items, users, interactions)
+                f"version {reader.version} of {output_dir} cannot be continued: {exc} (it was "
+                "exported before checkpoints were written); train a new model instead") from None
+        return cls(output_dir, reader.version, reader.manifest, vocabularies, weights,
+                   checkpoint.read_optimizer_state(folder), reader.item_table.items,
+                   reader.users.reset_index(drop=True), reader.interactions())
 
-    def input_kinds(self, model_name):
+    def input_kinds(self, model_name: str) -> dict[str, str]:
         inputs = self.manifest["signatures"][model_name]["inputs"]
         return {name: spec["kind"] for name, spec in inputs.items()}
 
-    def config(self, **overrides):
+    def config(self, **overrides: Any) -> TrainConfig:
         """The parent's `TrainConfig` with `overrides`; table-shaping settings cannot change.
 
         Raises:
           ConfigError: an override of a setting in `FIXED_BY_PARENT` or an unknown field.
         """
-        values = dict(self.manifest["config"])
-        values["hidden_units"] = tuple(values.get("hidden_units", ()))
+        parent = TrainConfig.from_dict(self.manifest["config"])
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         for key, value in overrides.items():
             if key not in known:
-                raise ConfigError(f"{key!r} is not a TrainConfig field")
-            if key in FIXED_BY_PARENT and value != values[key]:
+                raise ConfigError(f"{key!r} is not a TrainConfig field", field=key)
+            if key in FIXED_BY_PARENT and value != getattr(parent, key):
                 raise ConfigError(
-                    f"an update keeps the parent's {key} ({values[key]!r}); {value!r} needs a new "
-                    "model: train one without warm starting")
-            values[key] = value
-        return TrainConfig(**values)
+                    f"an update keeps the parent's {key} ({getattr(parent, key)!r}); {value!r} "
+                    "needs a new model: train one without warm starting", field=key)
+        return dataclasses.replace(parent, **overrides)
 
 
-def check_update(parent, dataset, allow_invalid_ratings=False):
+def check_update(parent: Parent, dataset: Dataset, allow_invalid_ratings: bool = False) -> None:
     """Refuses data that would poison an update of `parent`.
 
     Raises:
@@ -150,11 +145,11 @@ def check_update(parent, dataset, allow_invalid_ratings=False):
                 "is refused (an update with new ratings only needs no item table)")
 
 
-def _describe(kinds):
+def _describe(kinds: dict[str, str]) -> str:
     return "(" + ", ".join(f"{name}: {kind}" for name, kind in kinds.items()) + ")"
 
 
-def data_added(parent, dataset):
+def data_added(parent: Parent, dataset: Dataset) -> dict[str, int]:
     """What the new data adds to the parent: interactions it did not know, and users and items
     that had no embedding row of their own in the parent (ids are the first feature of a tower)."""
     ratings = dataset.ratings
@@ -168,7 +163,8 @@ def data_added(parent, dataset):
             "new_items": int(len(set(ratings["item_id"]) - item_rows))}
 
 
-def warm_start(output_dir, dataset=None, allow_invalid_ratings=False, **overrides):
+def warm_start(output_dir: str, dataset: Dataset | None = None,
+               allow_invalid_ratings: bool = False, **overrides: Any) -> training.TrainResult:
     """Continues the current version of `output_dir` on new data.
 
     Args:

@@ -4,7 +4,7 @@ from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tte_tfrs.towers import ITEM, USER
+from tte_tfrs.model.towers import ITEM, USER
 
 RATING = "rating"
 
@@ -37,7 +37,7 @@ class TwoTowerRatingModel(tfrs.Model):
         """Raw features -> what `compute_loss` trains on: both towers' integer inputs and ratings.
 
         String standardisation, lookups and tokenisation then run once per data set rather than
-        once per step (`tte_tfrs.data.pipeline.make_training_dataset`).
+        once per step (`tte_tfrs.data.tfdata.make_training_dataset`).
         """
         return {USER: self.user_tower.preprocess(features),
                 ITEM: self.item_tower.preprocess(features), RATING: features[RATING]}

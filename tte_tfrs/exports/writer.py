@@ -34,12 +34,13 @@ import pandas as pd
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
-from tte_tfrs import checkpoint, lifecycle
-from tte_tfrs.layout import (CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS,
+from tte_tfrs.exports import lifecycle
+from tte_tfrs.training import checkpoint
+from tte_tfrs.exports.layout import (CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS,
                              VERSIONED)
 from tte_tfrs.data.dataset import fill_missing
-from tte_tfrs.data.pipeline import make_tf_dataset
-from tte_tfrs.plots import plot_training_curve
+from tte_tfrs.data.tfdata import make_tf_dataset
+from tte_tfrs.evaluation.plots import plot_training_curve
 
 RETRIEVAL_K = 100
 FORMAT_VERSION = 1

@@ -1,0 +1,11 @@
+"""Stage 5: fitting. The run's configuration (`TrainConfig` = data + model + trainer parts), the
+trainer (split, vocabularies, towers, fit with early stopping, metrics), the checkpoint a version
+keeps for updates, and warm starts that continue an exported version on new data.
+May import: tte_tfrs.data, tte_tfrs.model, tte_tfrs.evaluation.metrics (plain numpy) and, for warm
+starts, tte_tfrs.exports.reader.
+"""
+
+from tte_tfrs.training.config import DataConfig, ModelConfig, TrainConfig, TrainerConfig
+from tte_tfrs.training.trainer import TrainResult, train
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "TrainResult", "TrainerConfig", "train"]
