@@ -1,6 +1,7 @@
 """Feature standardisation, vocabularies and towers."""
 
 import numpy as np
+import pytest
 import pandas as pd
 import tensorflow as tf
 
@@ -53,12 +54,14 @@ def test_vocabularies_do_not_depend_on_row_order():
     assert first["title"] == ["fox", "red"]
 
 
-def build_towers(dataset, latent_dim=4, gamma=1e-3, hidden=()):
+def build_towers(dataset, latent_dim=4, gamma=1e-3, hidden=(), scope="table"):
     columns = join_features(dataset.ratings.head(3000), dataset)
     vocab = build_vocabularies(dataset.user_features + dataset.item_features, columns, 2, 1000)
     reg = make_regularizer("l2", gamma)
-    user = Tower(dataset.user_features, vocab, latent_dim, USER, reg, hidden, global_mean=7.5)
-    item = Tower(dataset.item_features, vocab, latent_dim, ITEM, reg, hidden)
+    user = Tower(dataset.user_features, vocab, latent_dim, USER, reg, hidden, global_mean=7.5,
+                 regularization_scope=scope)
+    item = Tower(dataset.item_features, vocab, latent_dim, ITEM, reg, hidden,
+                 regularization_scope=scope)
     return user, item, columns
 
 
@@ -87,15 +90,24 @@ def test_unseen_ids_and_missing_features_still_embed(tiny_data):
     assert np.all(np.isfinite(item(new_item).numpy()))
 
 
-def test_every_table_is_regularized(tiny_data):
+@pytest.mark.parametrize("scope", ["table", "batch"])
+def test_every_table_is_regularized(tiny_data, scope):
     import tte_tfrs
     dataset = tte_tfrs.load_dataset(tiny_data[0])
-    user, item, columns = build_towers(dataset, hidden=(8,))
+    user, item, columns = build_towers(dataset, hidden=(8,), scope=scope)
     batch = {k: tf.constant(v[:4]) for k, v in columns.items()}
-    user(batch), item(batch)
-    tables = [w for w in user.trainable_weights + item.trainable_weights
-              if "embedding" in w.name or "kernel" in w.name]
-    assert len(user.losses) + len(item.losses) == len(tables) > 0
+    for tower in (user, item):
+        with tf.GradientTape() as tape:
+            _, penalty = tower.embed_with_penalty(tower.preprocess(batch))
+            regularization = penalty + tf.add_n(tower.losses)
+        weights = [w for w in tower.trainable_weights if "embedding" in w.name or "kernel" in w.name]
+        gradients = tape.gradient(regularization, weights)
+        assert weights and all(g is not None for g in gradients), [
+            w.name for w, g in zip(weights, gradients) if g is None]
+        # Table scope regularises whole tables through Keras; batch scope only the rows looked up.
+        tables = [w for w in weights if "embedding" in w.name]
+        assert (float(penalty) > 0) == (scope == "batch")
+        assert len(tower.losses) == (len(weights) if scope == "table" else len(weights) - len(tables))
 
 
 def test_join_features_fills_unknowns(tiny_data):

@@ -8,9 +8,21 @@ into extra dimensions so that the plain dot product of a user and an item embedd
 
 i.e. the predicted rating with global mean mu and user and item biases, and an ANN index over item
 embeddings ranks by predicted rating.
+
+J comes in two scopes. ``table``: Keras weight regularizers on every table and kernel (J of every
+row, every step). ``batch``: J of the embedding rows a batch looks up, computed explicitly by
+`Tower.embed_with_penalty` during training only, so serving graphs hold no regularizer and the
+computation is deterministic (Keras' activity-regularizer path was not: it made same-seed training
+differ in the last bits about one run in eight).
+
+May import: tte_tfrs.data.features.
 """
 
+from __future__ import annotations
+
 import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,23 +38,11 @@ ITEM = "item"
 SCOPES = ("table", "batch")
 
 
-def make_regularizer(kind, strength):
+def make_regularizer(kind: str, strength: float) -> tf.keras.regularizers.Regularizer | None:
     """The Keras regularizer for J: ``l1`` or ``l2`` with strength gamma (None when gamma is 0)."""
     if strength == 0:
         return None
     return tf.keras.regularizers.L1(strength) if kind == "l1" else tf.keras.regularizers.L2(strength)
-
-
-def embedding_regularization(regularizer, scope):
-    """Keras Embedding arguments applying `regularizer` to whole tables or to the rows looked up.
-
-    ``table``: J of every row every step (the gradient, and so every update, touches whole tables).
-    ``batch``: J of the rows a batch looks up, averaged over the batch (Keras activity
-    regularization), so a row is regularised each time it is used and gradients stay sparse.
-    """
-    if scope not in SCOPES:
-        raise ValueError(f"regularization scope must be one of {SCOPES}, got {scope!r}")
-    return {"embeddings_regularizer" if scope == "table" else "activity_regularizer": regularizer}
 
 
 def _as_array(vocabulary):
@@ -57,7 +57,12 @@ def _initializer(seed, name, stddev=0.05):
 
 
 class LookupEncoder(tf.keras.layers.Layer):
-    """Ids and categories: a string lookup with one out-of-vocabulary slot, then an embedding."""
+    """Ids and categories: a string lookup with one out-of-vocabulary slot, then an embedding.
+
+    Every encoder splits its work the same way: `preprocess` (strings -> integers, run once per
+    data set in training), `rows` (the embedding rows looked up, which batch-scoped J covers) and
+    `combine` (rows -> one (k + 1)-vector per example).
+    """
 
     def __init__(self, spec, vocabularies, width, regularization, seed, **kwargs):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
@@ -77,11 +82,14 @@ class LookupEncoder(tf.keras.layers.Layer):
         standardized = features.standardize_strings(self.spec, values)
         return {key: self.lookups[key](standardized[key]) for key in sorted(self.lookups)}
 
-    def embed(self, indices):
-        return tf.add_n([self.embeddings[key](indices[key]) for key in sorted(self.lookups)])
+    def rows(self, indices):
+        return [self.embeddings[key](indices[key]) for key in sorted(self.lookups)]
+
+    def combine(self, rows):
+        return tf.add_n(rows)
 
     def call(self, values):
-        return self.embed(self.preprocess(values))
+        return self.combine(self.rows(self.preprocess(values)))
 
 
 class NumberEncoder(tf.keras.layers.Layer):
@@ -100,11 +108,14 @@ class NumberEncoder(tf.keras.layers.Layer):
         clean = features.sanitize_number(tf.cast(values, tf.float32), self.spec.boundaries)
         return self.buckets(clean)
 
-    def embed(self, buckets):
-        return self.embedding(buckets)
+    def rows(self, buckets):
+        return [self.embedding(buckets)]
+
+    def combine(self, rows):
+        return rows[0]
 
     def call(self, values):
-        return self.embed(self.preprocess(values))
+        return self.combine(self.rows(self.preprocess(values)))
 
 
 class TokenEncoder(tf.keras.layers.Layer):
@@ -124,14 +135,16 @@ class TokenEncoder(tf.keras.layers.Layer):
     def preprocess(self, values):
         return self.lookup(self.tokenize(values))
 
-    def embed(self, token_ids):
-        vectors = tf.ragged.map_flat_values(self.embedding, token_ids)
-        total = tf.reduce_sum(vectors, axis=1)
-        count = tf.cast(tf.maximum(token_ids.row_lengths(), 1), total.dtype)
+    def rows(self, token_ids):
+        return [tf.ragged.map_flat_values(self.embedding, token_ids)]
+
+    def combine(self, rows):
+        total = tf.reduce_sum(rows[0], axis=1)
+        count = tf.cast(tf.maximum(rows[0].row_lengths(), 1), total.dtype)
         return total / count[:, tf.newaxis]
 
     def call(self, values):
-        return self.embed(self.preprocess(values))
+        return self.combine(self.rows(self.preprocess(values)))
 
 
 def make_encoder(spec, vocabularies, width, regularization, seed):
@@ -154,22 +167,31 @@ class Tower(tf.keras.Model):
       latent_dim: k.
       side: ``user`` (embedding ``[latent, b_u + mu, 1]``) or ``item`` (``[latent, 1, b_i]``).
       regularizer: Keras regularizer for every embedding table and kernel (or None).
-      regularization_scope: ``table`` or ``batch`` (see `embedding_regularization`); kernels of
-        hidden layers are always regularised whole.
+      regularization_scope: ``table`` (a weight regularizer on every table) or ``batch`` (J of the
+        rows each batch looks up, from `embed_with_penalty`); kernels of hidden layers are always
+        regularised whole.
       hidden_units: optional ReLU layer sizes applied to the concatenated feature vectors.
       global_mean: initial mu (user side only; trained with the rest).
       seed: initialisation seed.
     """
 
-    def __init__(self, specs, vocabularies, latent_dim, side, regularizer=None, hidden_units=(),
-                 global_mean=0.0, seed=0, regularization_scope="table", **kwargs):
+    def __init__(self, specs: Sequence[features.FeatureSpec],
+                 vocabularies: Mapping[str, Sequence[str]], latent_dim: int, side: str,
+                 regularizer: tf.keras.regularizers.Regularizer | None = None,
+                 hidden_units: Sequence[int] = (), global_mean: float = 0.0, seed: int = 0,
+                 regularization_scope: str = "table", **kwargs: Any):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
             raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
+        if regularization_scope not in SCOPES:
+            raise ValueError(f"regularization scope must be one of {SCOPES}, got "
+                             f"{regularization_scope!r}")
         self.specs = tuple(specs)
         self.latent_dim = int(latent_dim)
         self.side = side
-        regularization = embedding_regularization(regularizer, regularization_scope)
+        # Batch scope: J of the looked-up rows, computed by embed_with_penalty (training only).
+        self.row_regularizer = regularizer if regularization_scope == "batch" else None
+        regularization = {"embeddings_regularizer": regularizer} if regularization_scope == "table" else {}
         self.encoders = [make_encoder(spec, vocabularies, latent_dim + 1, regularization,
                                       seed + 7919 * (side == ITEM)) for spec in self.specs]
         self.hidden = [tf.keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
@@ -184,11 +206,6 @@ class Tower(tf.keras.Model):
             self.global_mean = self.add_weight(
                 name="global_mean", shape=(), trainable=True,
                 initializer=tf.keras.initializers.Constant(float(global_mean)))
-
-    def get_config(self):
-        # Descriptive only: towers are restored from SavedModels or rebuilt from a TrainConfig.
-        return {"side": self.side, "latent_dim": self.latent_dim,
-                "features": [spec.name for spec in self.specs]}
 
     @property
     def output_dim(self):
@@ -229,8 +246,30 @@ class Tower(tf.keras.Model):
 
     def embed(self, preprocessed):
         """The tower's embedding from `preprocess`'s output."""
-        parts = [encoder.embed(preprocessed[spec.name])
-                 for spec, encoder in zip(self.specs, self.encoders)]
+        return self._embed(preprocessed, with_penalty=False)[0]
+
+    def embed_with_penalty(self, preprocessed):
+        """(embedding, batch-scoped J): J of every embedding row the batch looked up, divided by
+        the number of examples (text and tag rows: by the number of tokens); 0 under table scope,
+        where Keras weight regularizers (`losses`) carry J instead."""
+        return self._embed(preprocessed, with_penalty=self.row_regularizer is not None)
+
+    def _embed(self, preprocessed, with_penalty):
+        parts, penalties = [], []
+        for spec, encoder in zip(self.specs, self.encoders):
+            rows = encoder.rows(preprocessed[spec.name])
+            parts.append(encoder.combine(rows))
+            if with_penalty:
+                penalties += [self._row_penalty(r) for r in rows]
+        penalty = tf.add_n(penalties) if penalties else tf.constant(0.0)
+        return self._fold_biases(parts), penalty
+
+    def _row_penalty(self, rows):
+        values = rows.flat_values if isinstance(rows, tf.RaggedTensor) else rows
+        count = tf.cast(tf.maximum(tf.shape(values)[0], 1), values.dtype)
+        return self.row_regularizer(values) / count
+
+    def _fold_biases(self, parts):
         if self.hidden:
             hidden = tf.concat(parts, axis=1)
             for layer in self.hidden:

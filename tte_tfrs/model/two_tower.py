@@ -1,10 +1,17 @@
-"""The two-tower rating model: predicted rating = <user embedding, item embedding>."""
+"""The two-tower rating model: predicted rating = <user embedding, item embedding>.
+
+May import: tte_tfrs.model.towers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
 
 from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tte_tfrs.model.towers import ITEM, USER
+from tte_tfrs.model.towers import ITEM, USER, Tower
 
 RATING = "rating"
 
@@ -12,12 +19,14 @@ RATING = "rating"
 class TwoTowerRatingModel(tfrs.Model):
     """Combines a user and an item `Tower` with a tfrs Ranking task (MSE loss, RMSE and MAE).
 
-    The towers' kernel and embedding regularizers are added to the loss by ``tfrs.Model.train_step``
-    (reported as ``regularization_loss``), which gives the SRS loss
-    1/|B| sum (r - <u, v>)^2 + gamma [J(u) + J(v)].
+    Each step minimises the SRS loss 1/|B| sum (r - <u, v>)^2 + gamma [J(u) + J(v)]: the task loss
+    plus ``regularization_loss``, which is J of the embedding rows the batch looked up (batch
+    scope, from `Tower.embed_with_penalty`) plus the towers' Keras weight regularizers (table
+    scope, hidden-layer kernels). The steps mirror ``tfrs.Model``'s and report the same metrics
+    (``loss``, ``regularization_loss``, ``total_loss``, ``rmse``, ``mae``).
     """
 
-    def __init__(self, user_tower, item_tower):
+    def __init__(self, user_tower: Tower, item_tower: Tower):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
@@ -26,15 +35,12 @@ class TwoTowerRatingModel(tfrs.Model):
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"),
                      tf.keras.metrics.MeanAbsoluteError(name="mae")])
 
-    def get_config(self):
-        return {"user_tower": self.user_tower.get_config(), "item_tower": self.item_tower.get_config()}
-
-    def call(self, features):
+    def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Predicted ratings for a batch of raw feature dicts: the row-wise dot product."""
         return tf.reduce_sum(self.user_tower(features) * self.item_tower(features), axis=1)
 
-    def preprocess(self, features):
-        """Raw features -> what `compute_loss` trains on: both towers' integer inputs and ratings.
+    def preprocess(self, features: Mapping[str, tf.Tensor]) -> dict:
+        """Raw features -> what the training steps use: both towers' integer inputs and ratings.
 
         String standardisation, lookups and tokenisation then run once per data set rather than
         once per step (`tte_tfrs.data.tfdata.make_training_dataset`).
@@ -42,8 +48,33 @@ class TwoTowerRatingModel(tfrs.Model):
         return {USER: self.user_tower.preprocess(features),
                 ITEM: self.item_tower.preprocess(features), RATING: features[RATING]}
 
-    def compute_loss(self, inputs, training=False):
-        """The task loss on a batch from `preprocess`."""
-        predictions = tf.reduce_sum(self.user_tower.embed(inputs[USER])
-                                    * self.item_tower.embed(inputs[ITEM]), axis=1)
-        return self.task(labels=inputs[RATING], predictions=predictions, training=training)
+    def compute_loss(self, inputs: Mapping, training: bool = False) -> tf.Tensor:
+        """The task loss on a batch from `preprocess` (J apart: see `losses_of`)."""
+        return self.losses_of(inputs, training)[0]
+
+    def losses_of(self, inputs: Mapping, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """(task loss, regularization loss) of a batch from `preprocess`."""
+        user, user_penalty = self.user_tower.embed_with_penalty(inputs[USER])
+        item, item_penalty = self.item_tower.embed_with_penalty(inputs[ITEM])
+        predictions = tf.reduce_sum(user * item, axis=1)
+        loss = self.task(labels=inputs[RATING], predictions=predictions, training=training)
+        penalties = [user_penalty, item_penalty] + [tf.reduce_sum(x) for x in self.losses]
+        return loss, tf.reduce_sum(tf.stack(penalties))
+
+    def train_step(self, inputs: Mapping) -> dict:
+        with tf.GradientTape() as tape:
+            loss, regularization_loss = self.losses_of(inputs, training=True)
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._report(loss, regularization_loss, total_loss)
+
+    def test_step(self, inputs: Mapping) -> dict:
+        loss, regularization_loss = self.losses_of(inputs, training=False)
+        return self._report(loss, regularization_loss, loss + regularization_loss)
+
+    def _report(self, loss: tf.Tensor, regularization_loss: tf.Tensor,
+                total_loss: tf.Tensor) -> dict:
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return metrics
