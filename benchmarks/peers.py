@@ -22,11 +22,11 @@ import numpy as np
 from absl import app, flags
 
 import tte_tfrs
-from tte_tfrs.evaluation import metrics
-from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.split import split_ratings
+from tte_tfrs.evaluation import metrics
 from tte_tfrs.evaluation.evaluate import EvaluationConfig, default_threshold, evaluate, top_k_protocol
 from tte_tfrs.exports.writer import export
+from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.training.trainer import train
 
 flags.DEFINE_string("movielens", None, "MovieLens 100K folder (skipped if unset).")

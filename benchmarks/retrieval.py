@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags
 
 import tte_tfrs  # noqa: F401
-from tte_tfrs.serving.recommender import Recommender
 from tte_tfrs.retrieval import ItemIndex, get_backend, installed_backends
+from tte_tfrs.serving.recommender import Recommender
 
 flags.DEFINE_string("output_dir", None, "Export root with at least a few hundred thousand items.")
 flags.DEFINE_integer("queries", 1000, "Users sampled as queries.")
@@ -116,14 +116,16 @@ def main(argv):
     out.write(f"Catalogue: {len(ids):,} items, dimension {embeddings.shape[1]}, {len(queries):,} "
               f"real users as queries, k = {k}. Machine: {platform.machine()} {platform.system()}, "
               f"Python {platform.python_version()}. Command: python {' '.join(sys.argv)}\n\n")
-    out.write("| backend | recall@%d | batch QPS | × exact | single QPS | × exact | p50 ms | p99 ms "
-              "| build s | index MB | settings |\n|---|---|---|---|---|---|---|---|---|---|---|\n" % k)
+    out.write(f"| backend | recall@{k} | batch QPS | × exact | single QPS | × exact | p50 ms | p99 ms "
+              "| build s | index MB | settings |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     for row in rows:
+        settings = ", ".join(f"{a}={b:g}" if isinstance(b, float) else f"{a}={b}"
+                             for a, b in row["params"].items())
         out.write(f"| {row['backend']} | {row['recall']:.3f} | {row['batch_qps']:,.0f} | "
                   f"{row['batch_qps'] / rows[0]['batch_qps']:.1f} | {row['single_qps']:,.0f} | "
                   f"{row['single_qps'] / rows[0]['single_qps']:.1f} | {row['p50_ms']:.2f} | "
                   f"{row['p99_ms']:.2f} | {row['build_s']:.1f} | {row['memory_mb']:.1f} | "
-                  f"{', '.join(f'{a}={b:g}' if isinstance(b, float) else f'{a}={b}' for a, b in row['params'].items())} |\n")
+                  f"{settings} |\n")
     out.write(f"\n`Recommender.recommend` (single user, k = {k}, {recommend['backend']} index, user "
               f"tower + search + re-ranking + exclusion): p50 {recommend['p50_ms']:.2f} ms, p99 "
               f"{recommend['p99_ms']:.2f} ms.\n")

@@ -17,8 +17,8 @@ import time
 from absl import app, flags
 
 import tte_tfrs
-from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.synthetic import SyntheticConfig, generate
+from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.training.trainer import train
 
 flags.DEFINE_string("bookcrossing", None, "Book-Crossing folder or archive.zip (skipped if unset).")

@@ -28,17 +28,17 @@ import time
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from absl import app, flags
 
 import tte_tfrs  # before TensorFlow: sets TF_USE_LEGACY_KERAS
-import tensorflow as tf
+from tte_tfrs.data.dataset import join_features
 from tte_tfrs.evaluation import metrics
+from tte_tfrs.exports.writer import export
+from tte_tfrs.model.two_tower import RATING
+from tte_tfrs.retrieval.building import build_index, refresh_indexes
 from tte_tfrs.training import trainer as training
 from tte_tfrs.training.config import TrainConfig
-from tte_tfrs.data.dataset import join_features
-from tte_tfrs.exports.writer import export
-from tte_tfrs.retrieval.building import build_index, refresh_indexes
-from tte_tfrs.model.two_tower import RATING
 from tte_tfrs.training.warm_start import warm_start
 
 flags.DEFINE_string("bookcrossing", None, "Book-Crossing folder or archive.zip.", required=True)

@@ -5,8 +5,8 @@ import os
 import pytest
 
 import tte_tfrs  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.data.synthetic import SyntheticConfig, write_bookcrossing
+from tte_tfrs.training.config import TrainConfig
 
 TINY = SyntheticConfig(n_users=400, n_items=300, n_interactions=9000, seed=7)
 

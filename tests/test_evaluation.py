@@ -9,7 +9,6 @@ import pytest
 from tte_tfrs.evaluation.evaluate import EvaluationConfig, evaluate
 
 
-
 @pytest.fixture(scope="module")
 def evaluated(exported, trained):
     catalogue = exported.manifest["item_embeddings"]["count"]

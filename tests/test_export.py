@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from tte_tfrs.data.dataset import join_features
-from tte_tfrs.exports.writer import export
 from tte_tfrs.exports.layout import MODELS
 from tte_tfrs.exports.lifecycle import live_versions as existing_versions
+from tte_tfrs.exports.writer import export
 from tte_tfrs.training.trainer import predict
 
 CLEAN_LOADER = r"""

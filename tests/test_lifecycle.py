@@ -6,10 +6,9 @@ import os
 import pytest
 
 from tte_tfrs.exports import layout, lifecycle
-from tte_tfrs.exports.writer import export
 from tte_tfrs.exports.lifecycle import ExportLockedError, LifecycleError, live_versions
+from tte_tfrs.exports.writer import export
 from tte_tfrs.serving.recommender import Recommender
-
 
 
 def current_version(root):

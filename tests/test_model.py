@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from tte_tfrs.data.dataset import join_features
 from tte_tfrs.training.trainer import predict, train
-from conftest import tiny_config
 
 
 def test_loss_goes_down_and_beats_the_global_mean(trained):
@@ -62,6 +62,7 @@ def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data, scope):
 @pytest.mark.parametrize("scope, sparse", [("table", False), ("batch", True)])
 def test_batch_scoped_regularization_keeps_embedding_gradients_sparse(trained, scope, sparse):
     import tensorflow as tf
+
     from tte_tfrs.data.tfdata import make_training_dataset
     from tte_tfrs.training.trainer import build_model
     config = tiny_config(trained.config.data_dir, regularization_scope=scope, regularization=0.1)

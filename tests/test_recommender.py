@@ -10,8 +10,7 @@ import pytest
 
 from tte_tfrs.errors import ExportError
 from tte_tfrs.retrieval.building import build_index
-from tte_tfrs.serving.recommender import Recommender, RecommendationError
-
+from tte_tfrs.serving.recommender import RecommendationError, Recommender
 
 
 @pytest.fixture(scope="module")

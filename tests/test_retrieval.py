@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 
 from tte_tfrs.errors import ConfigError
-from tte_tfrs.retrieval import (BACKENDS, IndexMismatchError, ItemIndex, get_backend,
-                                installed_backends)
+from tte_tfrs.retrieval import (
+    BACKENDS,
+    IndexMismatchError,
+    ItemIndex,
+    get_backend,
+    installed_backends,
+    scann_backend,
+)
 from tte_tfrs.retrieval.base import top_k_rows
-from tte_tfrs.retrieval import scann_backend
 
 N_ITEMS, DIM, N_QUERIES, K = 6000, 10, 100, 10
 ANN = [name for name in installed_backends() if name != "exact"]

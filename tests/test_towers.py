@@ -1,8 +1,8 @@
 """Feature standardisation, vocabularies and towers."""
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import tensorflow as tf
 
 from tte_tfrs.data import features

@@ -7,22 +7,22 @@ import os
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from tte_tfrs.training import checkpoint, trainer as training
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.report import DataReport
 from tte_tfrs.errors import ConfigError
+from tte_tfrs.exports.layout import CHECKPOINT, MANIFEST
 from tte_tfrs.exports.writer import export
 from tte_tfrs.retrieval.building import build_index
-from tte_tfrs.exports.layout import CHECKPOINT, MANIFEST
-from tte_tfrs.workflows import update_and_export
-from tte_tfrs.serving.recommender import Recommender
 from tte_tfrs.retrieval.faiss_backends import IvfPqBackend
 from tte_tfrs.retrieval.item_index import ItemIndex
 from tte_tfrs.scripts import train as train_script
+from tte_tfrs.serving.recommender import Recommender
+from tte_tfrs.training import checkpoint
+from tte_tfrs.training import trainer as training
 from tte_tfrs.training.warm_start import UpdateRefusedError, warm_start
-from conftest import tiny_config
-
+from tte_tfrs.workflows import update_and_export
 
 
 @pytest.fixture(scope="module")

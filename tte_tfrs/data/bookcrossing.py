@@ -5,13 +5,12 @@ import datetime
 import numpy as np
 import pandas as pd
 
-from tte_tfrs.data import features
-from tte_tfrs.data import cleaning
+from tte_tfrs.data import cleaning, features
 from tte_tfrs.data.dataset import Dataset
+from tte_tfrs.data.features import FeatureSpec
 from tte_tfrs.data.files import decode_text, parse_delimited
 from tte_tfrs.data.report import DataReport
 from tte_tfrs.errors import DataError
-from tte_tfrs.data.features import FeatureSpec
 
 RATINGS_COLUMNS = ("User-ID", "ISBN", "Book-Rating")
 USERS_COLUMNS = ("User-ID", "Location", "Age")

@@ -7,8 +7,6 @@ vocabularies are built, so training, export and serving agree on every string.
 import dataclasses
 
 import numpy as np
-
-from tte_tfrs import _keras_env  # noqa: F401  (must precede TensorFlow)
 import tensorflow as tf
 
 KINDS = ("id", "category", "location", "number", "text", "tags")

@@ -6,10 +6,10 @@ import pandas as pd
 
 from tte_tfrs.data import cleaning
 from tte_tfrs.data.dataset import Dataset
+from tte_tfrs.data.features import FeatureSpec
 from tte_tfrs.data.files import decode_text, parse_delimited
 from tte_tfrs.data.report import DataReport
 from tte_tfrs.errors import DataError
-from tte_tfrs.data.features import FeatureSpec
 
 RATING_SCALE = (1.0, 5.0)
 DATA_COLUMNS = ("user id", "item id", "rating", "timestamp")

@@ -1,6 +1,5 @@
 """tf.data input pipelines over joined feature columns."""
 
-from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
 

@@ -16,10 +16,9 @@ from tte_tfrs.data.dataset import Dataset
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.split import Splits, split_ratings
 from tte_tfrs.evaluation import metrics
-from tte_tfrs.serving.recommender import Recommender
 from tte_tfrs.retrieval.registry import BACKENDS
-from tte_tfrs.training.config import (DATASETS, Check, ConfigBase, TrainConfig, finite_number,
-                                      whole_number)
+from tte_tfrs.serving.recommender import Recommender
+from tte_tfrs.training.config import DATASETS, Check, ConfigBase, TrainConfig, finite_number, whole_number
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,6 @@ from tte_tfrs.exports.layout import INDEX_ROOT, LOCK_FILE, MANIFEST, MANIFESTS, 
 from tte_tfrs.exports.reader import current_version
 
 
-
 class ExportLockedError(TteError):
     """Another process is writing to the export folder."""
 
@@ -69,7 +68,7 @@ def writer_lock(output_dir):
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOCK_FILE)
     me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+          "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     for _ in range(2):
         try:
             handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -189,7 +188,7 @@ def rollback(output_dir):
         previous_manifest = os.path.join(output_dir, MANIFESTS, f"{previous}.json")
         if not os.path.exists(previous_manifest):
             raise LifecycleError(f"{previous_manifest} is missing; cannot restore version {previous}")
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
         parking = os.path.join(output_dir, ROLLED_BACK, f"{current}-{stamp}")
         for folder in _version_folders(output_dir, current):
             target = os.path.join(parking, os.path.relpath(folder, output_dir))

@@ -24,9 +24,19 @@ import numpy as np
 import pandas as pd
 
 from tte_tfrs.errors import ExportError
-from tte_tfrs.exports.layout import (CHECKPOINT, EMBEDDINGS, EMBEDDINGS_FILE, INDEX_ROOT,
-                                     ITEM_IDS_FILE, ITEMS_FILE, MANIFEST, MANIFESTS, RATED_FILE,
-                                     USERS, USERS_FILE)
+from tte_tfrs.exports.layout import (
+    CHECKPOINT,
+    EMBEDDINGS,
+    EMBEDDINGS_FILE,
+    INDEX_ROOT,
+    ITEM_IDS_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    MANIFESTS,
+    RATED_FILE,
+    USERS,
+    USERS_FILE,
+)
 
 # Keys every manifest has; a manifest without them was not written by `tte_tfrs.export`.
 MANIFEST_KEYS = ("version", "embedding_dim", "signatures", "dataset", "config")

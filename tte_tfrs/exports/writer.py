@@ -30,17 +30,14 @@ import tempfile
 
 import numpy as np
 import pandas as pd
-
-from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
-from tte_tfrs.exports import lifecycle
-from tte_tfrs.training import checkpoint
-from tte_tfrs.exports.layout import (CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS,
-                             VERSIONED)
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.tfdata import make_tf_dataset
 from tte_tfrs.evaluation.plots import plot_training_curve
+from tte_tfrs.exports import lifecycle
+from tte_tfrs.exports.layout import CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS, VERSIONED
+from tte_tfrs.training import checkpoint
 
 RETRIEVAL_K = 100
 FORMAT_VERSION = 1
@@ -259,7 +256,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
     manifest = {
         "format_version": FORMAT_VERSION,
         "version": version,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "embedding_dim": dim,
         "latent_dim": user_tower.latent_dim,
         "embedding_layout": {"user": "[latent_0..latent_{k-1}, user_bias + global_mean, 1]",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 

@@ -1,9 +1,9 @@
 """One registry from backend name to class."""
 
 from tte_tfrs.errors import ConfigError
+from tte_tfrs.retrieval import scann_backend
 from tte_tfrs.retrieval.exact import ExactBackend
 from tte_tfrs.retrieval.faiss_backends import HnswBackend, IvfPqBackend
-from tte_tfrs.retrieval import scann_backend
 
 BACKENDS = {cls.name: cls for cls in (IvfPqBackend, scann_backend.ScannBackend, HnswBackend,
                                       ExactBackend)}

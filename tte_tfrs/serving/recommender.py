@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
 from tte_tfrs.errors import TteError

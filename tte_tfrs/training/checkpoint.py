@@ -17,8 +17,6 @@ import json
 import os
 
 import numpy as np
-
-from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
 VOCABULARIES_FILE = "vocabularies.json"

@@ -1,24 +1,28 @@
-"""Training: data set -> splits -> vocabularies -> towers -> fitted model -> test metrics."""
+"""Training: data set -> splits -> vocabularies -> towers -> fitted model -> test metrics.
+
+May import: tte_tfrs.data, tte_tfrs.model, tte_tfrs.evaluation.metrics, tte_tfrs.training.
+"""
+
+from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from typing import Any
 
 import numpy as np
-
-from tte_tfrs import _keras_env  # noqa: F401
 import tensorflow as tf
 
+from tte_tfrs.data.dataset import Dataset, join_features
+from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.data.split import Splits, split_ratings
+from tte_tfrs.data.tfdata import make_tf_dataset, make_training_dataset
 from tte_tfrs.evaluation import metrics
+from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
+from tte_tfrs.model.two_tower import RATING, TwoTowerRatingModel
+from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import checkpoint
 from tte_tfrs.training.config import TrainConfig
-from tte_tfrs.data.dataset import join_features
-from tte_tfrs.data.loader import load_dataset
-from tte_tfrs.data.tfdata import make_tf_dataset, make_training_dataset
-from tte_tfrs.data.split import split_ratings
-from tte_tfrs.model.two_tower import RATING, TwoTowerRatingModel
-from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
-from tte_tfrs.model.vocabulary import build_vocabularies
 
 PREDICT_BATCH = 8192
 
@@ -36,7 +40,7 @@ class TrainResult:
         the training ratings), ``validation_rmse``, ``epochs_run``, ``train_seconds`` and
         ``train_examples_per_second``.
       history: Keras history (per-epoch loss, rmse, val_rmse, ...).
-      parent: for a warm start, the `tte_tfrs.warm_start.Parent` export it continued from (its
+      parent: for a warm start, the `tte_tfrs.training.warm_start.Parent` export it continued from (its
         catalogue, users and interactions are kept in the new export); None otherwise.
       update: for a warm start, what the manifest records about it (parent version, data added,
         vocabulary growth, metrics before and after); None otherwise.
@@ -44,15 +48,16 @@ class TrainResult:
 
     model: TwoTowerRatingModel
     config: TrainConfig
-    dataset: object
-    splits: object
+    dataset: Dataset
+    splits: Splits
     metrics: dict
     history: dict
-    parent: object = None
-    update: dict = None
+    parent: Any = None          # tte_tfrs.training.warm_start.Parent
+    update: dict | None = None
 
 
-def build_model(config, dataset, train_columns, global_mean, vocabularies=None):
+def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, global_mean: float,
+                vocabularies: dict | None = None) -> TwoTowerRatingModel:
     """Builds (untrained) towers and model for `dataset`.
 
     Vocabularies come from the training rows unless given (a warm start passes grown ones).
@@ -89,13 +94,13 @@ class EpochTimer(tf.keras.callbacks.Callback):
         self.seconds.append((self._stopped or time.perf_counter()) - self._started)
 
 
-def make_optimizer(config):
+def make_optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
     optimizers = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
                   "sgd": tf.keras.optimizers.SGD, "rmsprop": tf.keras.optimizers.RMSprop}
     return optimizers[config.optimizer](learning_rate=config.learning_rate)
 
 
-def predict(model, columns, batch_size=PREDICT_BATCH):
+def predict(model: TwoTowerRatingModel, columns: dict, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Predicted ratings (numpy float32) for a dict of feature columns (``rating`` is ignored)."""
     features = {k: v for k, v in columns.items() if k != RATING}
     if not len(next(iter(features.values()))):
@@ -103,11 +108,11 @@ def predict(model, columns, batch_size=PREDICT_BATCH):
     return np.concatenate([model(batch).numpy() for batch in make_tf_dataset(features, batch_size)])
 
 
-def rmse_mae(truth, predicted):
+def rmse_mae(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     return metrics.rmse(truth, predicted), metrics.mae(truth, predicted)
 
 
-def start(config, dataset=None):
+def start(config: TrainConfig, dataset: Dataset | None = None) -> tuple[Dataset, Splits, dict, dict]:
     """Seeds TensorFlow, loads the data if needed and splits it.
 
     Returns:
@@ -125,7 +130,8 @@ def start(config, dataset=None):
             join_features(splits.validation, dataset))
 
 
-def fit(model, config, train_columns, validation_columns, optimizer_state=None):
+def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
+        validation_columns: dict, optimizer_state: dict | None = None) -> tuple[dict, dict]:
     """Compiles `model` and fits it, early-stopping on validation RMSE.
 
     `optimizer_state` (Adagrad accumulators from `tte_tfrs.checkpoint`) continues the optimizer of
@@ -169,7 +175,9 @@ def fit(model, config, train_columns, validation_columns, optimizer_state=None):
     return {k: [float(x) for x in v] for k, v in history.history.items()}, fit_metrics
 
 
-def evaluate_splits(model, dataset, splits, validation_columns, global_mean, test_columns=None):
+def evaluate_splits(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits,
+                    validation_columns: dict, global_mean: float,
+                    test_columns: dict | None = None) -> dict[str, float]:
     """Validation and (when there is a test split) test RMSE/MAE, with the global-mean baseline.
 
     `test_columns` are the joined test rows when the caller has them already.
@@ -187,11 +195,11 @@ def evaluate_splits(model, dataset, splits, validation_columns, global_mean, tes
     return out
 
 
-def train(config=TrainConfig(), dataset=None):
+def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> TrainResult:
     """Trains the two-tower rating model and measures it on the test split.
 
     Args:
-      config: a `TrainConfig`.
+      config: a `TrainConfig`; None means the defaults (the embedded data).
       dataset: an already loaded `Dataset`; None loads ``config.data_dir``.
 
     Returns:
@@ -200,6 +208,7 @@ def train(config=TrainConfig(), dataset=None):
     Raises:
       DataError: the data cannot be read. ConfigError: the config does not fit the data.
     """
+    config = config if config is not None else TrainConfig()
     dataset, splits, train_columns, validation_columns = start(config, dataset)
     global_mean = float(np.mean(train_columns[RATING]))
     model = build_model(config, dataset, train_columns, global_mean)
