@@ -6,35 +6,13 @@ import os
 import pytest
 
 from tte_tfrs.exports import layout, lifecycle
-from tte_tfrs.exports.lifecycle import ExportLockedError, LifecycleError, live_versions
+from tte_tfrs.exports.lifecycle import LifecycleError, live_versions
 from tte_tfrs.exports.writer import export
 from tte_tfrs.serving.recommender import Recommender
 
 
 def current_version(root):
     return json.load(open(os.path.join(root, "manifest.json")))["version"]
-
-
-def test_a_second_writer_fails_clearly_and_writes_nothing(trained, tmp_path):
-    root = str(tmp_path / "models")
-    export(trained, root)
-    with lifecycle.writer_lock(root):
-        with pytest.raises(ExportLockedError, match=f"process {os.getpid()}"):
-            export(trained, root)
-        with pytest.raises(ExportLockedError):
-            lifecycle.rollback(root)
-    assert live_versions(root) == [1] and current_version(root) == 1
-    assert not os.path.exists(os.path.join(root, layout.LOCK_FILE))      # released
-
-
-def test_a_lock_left_by_a_dead_process_is_taken_over(trained, tmp_path):
-    root = str(tmp_path / "models")
-    os.makedirs(root)
-    import socket
-    with open(os.path.join(root, layout.LOCK_FILE), "w") as f:
-        json.dump({"pid": 2 ** 22 + 12345, "host": socket.gethostname(), "since": "earlier"}, f)
-    export(trained, root)
-    assert live_versions(root) == [1]
 
 
 def test_rollback_makes_the_previous_version_current_and_numbers_are_not_reused(trained, exported,
@@ -114,9 +92,9 @@ def test_a_writer_killed_mid_export_leaves_the_earlier_version_intact(trained, t
             writer.kill()
     assert live_versions(root) == [1]
     assert open(os.path.join(root, "manifest.json")).read() == manifest_before
-    assert os.path.exists(os.path.join(root, layout.LOCK_FILE))        # left by the dead writer
     assert Recommender.load(root, backend="exact").recommend(features={"age": 30}, k=3)
-    # The next writer takes the stale lock over, cleans up and writes a complete next version.
+    # The OS released the dead writer's lock; the next writer cleans up and writes a complete
+    # next version.
     assert export(trained, root).version == 2
     assert live_versions(root) == [1, 2]
     assert not [n for n in os.listdir(root) if n.startswith(".staging-")]
@@ -132,3 +110,5 @@ def test_an_incomplete_version_is_removed_and_its_number_not_reused(trained, tmp
     assert export(trained, root).version == 3
     assert not os.path.exists(os.path.join(root, "user_tower", "2"))
     assert live_versions(root) == [1, 3]
+    assert any(n.startswith("2-uncommitted") for n in os.listdir(os.path.join(root,
+                                                                            layout.ROLLED_BACK)))

@@ -6,7 +6,9 @@ May import every stage (it chains them); nothing but the scripts and the package
 
 import os
 
+from tte_tfrs import paths
 from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.writer import export
 from tte_tfrs.retrieval.building import refresh_indexes
 from tte_tfrs.training.trainer import train
@@ -16,9 +18,23 @@ from tte_tfrs.training.warm_start import warm_start
 def train_and_export(config, output_dir, log=print):
     """Loads the data of `config`, trains, exports to `output_dir` and reports through `log`.
 
+    The writer lock of `output_dir` is taken first and held throughout, and every output folder
+    is checked to be writable, so a second writer or a bad path stops before any work.
+
     Returns:
       (TrainResult, ExportResult).
+
+    Raises:
+      ExportLockedError: another process writes to `output_dir`. ConfigError: a bad setting or
+      an output folder that cannot be written. DataError: unusable data.
     """
+    with lifecycle.writer_lock(output_dir):
+        if config.log_dir:
+            paths.writable_folder(config.log_dir, "log_dir")
+        return _train_and_export(config, output_dir, log)
+
+
+def _train_and_export(config, output_dir, log):
     dataset = load_dataset(config.data_dir, config.dataset)
     log(f"Read {dataset.name} ({dataset.layout} layout) from {dataset.source}")
     log(dataset.report.format())
@@ -37,19 +53,28 @@ def train_and_export(config, output_dir, log=print):
     return result, exported
 
 
-def update_and_export(output_dir, log=print, dataset=None, allow_invalid_ratings=False,
-                      **overrides):
+def update_and_export(output_dir, log=print, dataset=None, **overrides):
     """Warm-starts from the current version of `output_dir`, exports the next version and
     refreshes the parent's ANN indexes; reports through `log`.
 
     Args:
       output_dir: the export root to continue (and write to).
-      dataset, allow_invalid_ratings, overrides: as for `tte_tfrs.warm_start.warm_start`.
+      dataset, overrides: as for `tte_tfrs.training.warm_start.warm_start`.
 
     Returns:
       (TrainResult, ExportResult, {backend: index metadata}).
+
+    Raises:
+      ExportLockedError: another process writes to `output_dir` (checked first).
     """
-    result = warm_start(output_dir, dataset, allow_invalid_ratings, **overrides)
+    with lifecycle.writer_lock(output_dir):
+        if overrides.get("log_dir"):
+            paths.writable_folder(overrides["log_dir"], "log_dir")
+        return _update_and_export(output_dir, log, dataset, **overrides)
+
+
+def _update_and_export(output_dir, log, dataset, **overrides):
+    result = warm_start(output_dir, dataset, **overrides)
     update = result.update
     log(f"Continued version {update['parent_version']} with {result.dataset.source}: "
         + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in update["data_added"].items()))

@@ -1,7 +1,5 @@
 """Readers for Book-Crossing: the Kaggle download and the original BX files."""
 
-import datetime
-
 import numpy as np
 import pandas as pd
 
@@ -29,11 +27,11 @@ LAYOUTS = {
 }
 
 
-def year_boundaries(today=None):
-    """Publication-year buckets; years up to this year are valid, later ones count as unknown."""
-    this_year = float((today or datetime.date.today()).year)
-    return (1000.0, 1900.0, 1950.0, 1960.0, 1970.0, 1980.0, 1985.0, 1990.0, 1993.0, 1996.0, 1998.0,
-            2000.0, 2002.0, 2004.0, max(this_year, 2005.0))
+# Publication years after this one count as unknown. A constant, not today's year: the same data
+# and config must give the same model next year too.
+LATEST_YEAR = 2026.0
+YEAR_BOUNDARIES = (1000.0, 1900.0, 1950.0, 1960.0, 1970.0, 1980.0, 1985.0, 1990.0, 1993.0, 1996.0,
+                   1998.0, 2000.0, 2002.0, 2004.0, LATEST_YEAR)
 
 
 def user_features():
@@ -44,7 +42,7 @@ def user_features():
     )
 
 
-def item_features(with_books, today=None):
+def item_features(with_books):
     specs = [FeatureSpec("item_id", "id", "ISBN (upper-cased, only letters and digits kept)",
                          normalize="isbn")]
     if with_books:
@@ -53,7 +51,7 @@ def item_features(with_books, today=None):
             FeatureSpec("author", "category", "Book-Author"),
             FeatureSpec("publisher", "category", "Publisher"),
             FeatureSpec("year", "number", "Year-Of-Publication; NaN or 0 when unknown",
-                        year_boundaries(today)),
+                        YEAR_BOUNDARIES),
         ]
     return tuple(specs)
 
@@ -134,7 +132,7 @@ def _read_ratings(input_file, sep, escape, report, item_spec):
     frame = frame.rename(columns={"User-ID": "user_id", "ISBN": "item_id", "Book-Rating": "rating"})
     frame = cleaning.clean_ratings(frame, input_file.display, file_report, RATINGS_COLUMNS,
                                    RATING_SCALE)
-    bad_id = ~frame["user_id"].str.fullmatch(r"\d+").to_numpy()
+    bad_id = ~frame["user_id"].str.fullmatch(r"\d+").to_numpy(dtype=bool)
     file_report.drop("User-ID is not a whole number", frame["line"].to_numpy()[bad_id])
     frame = frame[~bad_id]
     frame = cleaning.normalize_item_ids(frame, item_spec, input_file.display, file_report, "ISBN")
@@ -147,8 +145,8 @@ def _read_ratings(input_file, sep, escape, report, item_spec):
 def _read_users(input_file, sep, escape, report):
     frame, file_report = _read(input_file, USERS_COLUMNS, sep, escape, report)
     frame = frame.rename(columns={"User-ID": "user_id", "Location": "location", "Age": "age"})
-    frame["user_id"] = frame["user_id"].str.strip()
-    bad_id = ~frame["user_id"].str.fullmatch(r"\d+").to_numpy()
+    frame = cleaning.clean_ids(frame, "user_id", "", file_report, "User-ID")
+    bad_id = ~frame["user_id"].str.fullmatch(r"\d+").to_numpy(dtype=bool)
     file_report.drop("User-ID is not a whole number", frame["line"].to_numpy()[bad_id])
     frame = frame[~bad_id]
     frame = cleaning.drop_duplicates(frame, ["user_id"], file_report,

@@ -1,11 +1,15 @@
-"""Column-level cleaning shared by the readers: every change is counted in a `FileReport`."""
+"""Column-level cleaning shared by the readers: every change is counted in a `FileReport`.
+
+Every function works on any slice of rows (a streaming reader can call them chunk by chunk) and
+ids of every kind pass through `clean_ids`, the readers' side of the one id normalisation.
+"""
 
 import html
 
 import numpy as np
 import pandas as pd
 
-from tte_tfrs.data import features
+from tte_tfrs import ids
 from tte_tfrs.errors import DataError
 
 # Part of the report reason for dropped ratings outside the scale (updates refuse such files).
@@ -35,29 +39,64 @@ def clean_ratings(frame, display, report, columns, scale):
                         f"{rating_col!r}, found {frame['rating'].iloc[first]!r}; most rows have no "
                         "numeric rating: is this the right file and separator?",
                         line=int(frame["line"].iloc[first]), field=rating_col)
-    frame = frame.assign(user_id=frame["user_id"].str.strip(), rating=rating.astype(np.float32))
+    frame = frame.assign(rating=rating.astype(np.float32))
     keep = _drop(frame, not_number, report, f"{rating_col} is not a number")
     frame = frame[keep]
     keep = _drop(frame, ~frame["rating"].between(scale[0], scale[1]).to_numpy(), report,
                  f"{rating_col} {OUT_OF_SCALE} {scale[0]:g}-{scale[1]:g}")
-    frame = frame[keep]
-    keep = _drop(frame, frame["user_id"].eq("").to_numpy(), report, f"empty {user_col}")
-    frame = frame[keep]
-    keep = _drop(frame, frame["item_id"].str.strip().eq("").to_numpy(), report, f"empty {item_col}")
+    frame = clean_ids(frame[keep], "user_id", "", report, user_col)
+    return clean_ids(frame, "item_id", "", report, item_col)
+
+
+def clean_ids(frame, column, how, report, label):
+    """Puts the ids of `column` in their one canonical form (`tte_tfrs.ids.canonical_id`).
+
+    Rows whose id cannot be stored safely (`tte_tfrs.ids.id_problem`: longer than
+    `tte_tfrs.ids.MAX_ID_CHARS`, or holding a control character such as a line break, which would
+    not survive a line-per-id file) are dropped, as are ids left empty; both are counted.
+    """
+    problems = ids.id_problems(frame[column])
+    for reason in problems.dropna().unique():
+        frame = frame[_drop(frame, (problems == reason).to_numpy(), report, f"{label} {reason}")]
+        problems = problems[problems != reason]
+    frame = frame.assign(**{column: ids.canonical_ids(frame[column], how).to_numpy(dtype=object)})
+    keep = _drop(frame, frame[column].eq("").to_numpy(), report,
+                 f"{label} is empty" if not how else f"{label} has no letters or digits")
     return frame[keep]
 
 
 def normalize_item_ids(frame, spec, display, report, item_col):
     """Applies the item id spec's normalisation, counting changed ids and dropping emptied ones."""
-    raw = frame["item_id"].to_numpy(dtype=object).astype(str)
-    (normalized,) = features.standardize_column(spec, raw).values()
-    changed = normalized != np.char.strip(raw)
+    raw = ids.canonical_ids(frame["item_id"], "")
+    frame = clean_ids(frame, "item_id", spec.normalize, report, item_col)
+    changed = frame["item_id"].to_numpy() != raw[frame.index].to_numpy()
     report.fix(f"{item_col} normalised (spaces, punctuation, lower-case x removed)",
                frame["line"].to_numpy()[changed])
-    frame = frame.assign(item_id=normalized)
-    keep = _drop(frame, frame["item_id"].eq("").to_numpy(), report,
-                 f"{item_col} has no letters or digits")
-    return frame[keep]
+    return frame
+
+
+def check_dropped_share(report, limit):
+    """Refuses data of which a large share of some file's rows was dropped.
+
+    Args:
+      report: the `DataReport` of a data set (its counts may be cumulative over chunks).
+      limit: the largest share of a file's rows that may be dropped, 0 to 1.
+
+    Raises:
+      DataError: a file lost more than `limit` of its rows, naming the file, the main reason and
+        the first lines concerned, and the setting that overrides the check.
+    """
+    for file in report.files:
+        dropped = sum(file.dropped.values())
+        if file.rows_read and dropped / file.rows_read > limit:
+            reason, count = max(file.dropped.items(), key=lambda kv: kv[1])
+            lines = ", ".join(map(str, file.examples.get(reason, [])))
+            raise DataError(
+                file.path, f"{dropped:,} of its {file.rows_read:,} rows ({dropped / file.rows_read:.0%}) "
+                f"were dropped, more than the {limit:.0%} allowed; mostly {count:,} for: {reason} "
+                f"(first at line {lines}). A model trained on the rest would be wrong: fix the file, "
+                f"or raise max_dropped_fraction (--max_dropped_fraction=1 trains anyway)",
+                line=file.examples.get(reason, [None])[0])
 
 
 def drop_duplicates(frame, keys, report, reason, keep="last"):

@@ -1,13 +1,21 @@
 """Feature specifications: the raw inputs of each tower, their dtypes and how they are standardised.
 
 The standardising functions here are TensorFlow ops, used both inside the exported towers and when the
-vocabularies are built, so training, export and serving agree on every string.
+vocabularies are built, so training, export and serving agree on every string. Text is Unicode:
+lower-cased as UTF-8 and split into runs of letters, digits and combining marks in any script, so
+``Café Müller's Straße`` gives ``café``, ``müller``, ``straße`` in training and in serving alike.
+
+Ids have one normalisation: `normalize_id` in the graphs and its exact Python twin
+`tte_tfrs.ids.canonical_id` for every lookup outside them (re-exported here).
 """
 
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
+
+from tte_tfrs.ids import canonical_id, canonical_ids, id_problem, id_problems  # noqa: F401
 
 KINDS = ("id", "category", "location", "number", "text", "tags")
 
@@ -55,7 +63,10 @@ class FeatureSpec:
 
 
 def normalize_id(values, how):
-    """Standardises id strings: strips spaces; for ``isbn`` also upper-cases and keeps only [0-9A-Z]."""
+    """Standardises id strings: strips spaces; for ``isbn`` also upper-cases and keeps only [0-9A-Z].
+
+    `tte_tfrs.ids.canonical_id` is the same function in Python; a test holds the two to agree.
+    """
     values = tf.strings.strip(values)
     if how == "isbn":
         values = tf.strings.regex_replace(tf.strings.upper(values), "[^0-9A-Z]", "")
@@ -67,7 +78,7 @@ def location_parts(values):
 
     Missing parts and placeholders such as "n/a" become the empty string.
     """
-    parts = tf.strings.split(tf.strings.lower(values), sep=",")
+    parts = tf.strings.split(tf.strings.lower(values, encoding="utf-8"), sep=",")
     # Two empty parts in front of every row, so the last and second-to-last parts always exist.
     padding = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([tf.size(values), 2]), ""))
     padded = tf.concat([padding, parts], axis=1)
@@ -110,9 +121,11 @@ def standardize_strings(spec, values):
 
 
 def text_tokens(values):
-    """Lower-cases, removes punctuation and splits on white space (a ragged tensor of words)."""
-    values = tf.strings.lower(values)
-    values = tf.strings.regex_replace(values, r"[^\w\s']|'(?:s\b)?", " ")
+    """Words of Unicode text (a ragged tensor): lower-cased as UTF-8 (invalid bytes become U+FFFD),
+    a possessive ``'s`` dropped, and every character that is not a letter, digit or combining mark
+    of any script treated as a separator."""
+    values = tf.strings.lower(values, encoding="utf-8")
+    values = tf.strings.regex_replace(values, r"['\x{2019}]s(?:[^\pL\pN\pM]|$)|[^\pL\pN\pM\s]", " ")
     return tf.strings.split(values)
 
 
@@ -123,7 +136,13 @@ def tag_tokens(values):
 
 def standardize_column(spec, values):
     """Runs `standardize_strings` on a numpy/pandas column; returns {vocabulary name: str array}."""
-    tensor = tf.constant(np.asarray(values, dtype=object).astype(str))
+    tensor = tf.constant(as_object_strings(values), dtype=tf.string)
     out = standardize_strings(spec, tensor)
-    return {key: np.char.decode(t.numpy().astype(bytes), "utf-8") if t.shape[0] else np.array([], str)
+    return {key: np.array([b.decode("utf-8") for b in t.numpy()], dtype=object)
             for key, t in out.items()}
+
+
+def as_object_strings(values):
+    """`values` as an object array of str. Never a fixed-width numpy string array, whose memory is
+    the longest value's length times the number of rows."""
+    return pd.Series(values, dtype=object).astype(str).to_numpy(dtype=object)

@@ -1,4 +1,11 @@
-"""Finds input files in a folder or zip archive and decodes them to text."""
+"""Finds input files in a folder or zip archive and decodes them to text.
+
+The parsing here is row by row (`parse_delimited` over any iterable of lines), so a streaming reader
+can run the same checks on a chunk of rows: fields longer than `MAX_FIELD_CHARS` drop their row,
+a record that runs over more than `MAX_RECORD_LINES` lines (an unterminated quote swallowing the
+lines after it) drops those lines with the line where it started, and a field longer than the
+parser's limit stops the file with that line.
+"""
 
 import csv
 import dataclasses
@@ -6,10 +13,23 @@ import gzip
 import io
 import os
 import zipfile
+import zlib
 
 from tte_tfrs.errors import DataError
 
-csv.field_size_limit(1 << 24)
+# No field of a rating data set is this long; a longer one is counted as a malformed line.
+MAX_FIELD_CHARS = 4096
+# The csv parser refuses fields longer than this: such a field stops the file with its line.
+PARSER_FIELD_LIMIT = 1 << 20
+# A record spanning more lines than this is a quote that swallowed the lines after it.
+MAX_RECORD_LINES = 10
+
+csv.field_size_limit(PARSER_FIELD_LIMIT)
+# What reading a damaged file or archive member can raise: a truncated gzip (EOFError), a corrupt
+# deflate stream (zlib.error), an encrypted member (RuntimeError), an unsupported compression
+# method (NotImplementedError).
+READ_ERRORS = (OSError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError,
+               ValueError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +50,9 @@ class InputFile:
     def read_bytes(self):
         try:
             return self.opener()
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise DataError(self.display, f"cannot be read ({exc}); is the file complete?") from exc
+        except READ_ERRORS as exc:
+            raise DataError(self.display, f"cannot be read ({type(exc).__name__}: {exc}); is the "
+                            "file complete and not damaged?") from None
 
 
 def _bare_name(name):
@@ -45,8 +66,8 @@ def _bare_name(name):
 def _zip_members(zip_path, display_prefix):
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise DataError(zip_path, f"is not a readable zip archive ({exc})") from exc
+    except READ_ERRORS as exc:
+        raise DataError(zip_path, f"is not a readable zip archive ({exc})") from None
     with archive:
         names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
     found = []
@@ -76,12 +97,19 @@ def list_input_files(path):
         raise DataError(path, "does not exist; pass --data_dir pointing at a data folder or zip archive")
     entries = []
     if os.path.isdir(path):
-        for entry in sorted(os.listdir(path)):
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as exc:
+            raise DataError(path, f"cannot be listed ({exc.strerror})") from None
+        for entry in names:
             full = os.path.join(path, entry)
             if os.path.isfile(full):
                 entries.extend(_entries_for_file(full))
-    else:
+    elif os.path.isfile(path):
         entries.extend(_entries_for_file(path))
+    else:
+        raise DataError(path, "is neither a folder nor a regular file (a device or a pipe?); pass "
+                        "--data_dir pointing at a data folder or zip archive")
     found = {item.name: item for item in entries if item.in_archive}
     found.update({item.name: item for item in entries if not item.in_archive})
     return found
@@ -142,36 +170,67 @@ def parse_delimited(text, input_file, file_report, expected_header, delimiter, e
       number on which each kept row ends.
 
     Raises:
-      DataError: the header does not match, naming the file, line 1 and the expected columns.
+      DataError: the header does not match, naming the file, line 1 and the expected columns; or a
+        field longer than the parser's limit (an unterminated quote), naming the line it starts on.
     """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
                         escapechar=escapechar, doublequote=True, strict=False)
     width = len(expected_header)
     if has_header:
-        try:
-            header = next(reader)
-        except StopIteration:
+        header = _next_row(reader, input_file)
+        if header is None:
             raise DataError(input_file.display, "is empty; expected a header row "
-                            + delimiter.join(expected_header), line=1) from None
+                            + delimiter.join(expected_header), line=1)
         if [_norm(h) for h in header] != [_norm(h) for h in expected_header]:
             raise DataError(
                 input_file.display,
-                f"expected the columns {delimiter.join(expected_header)!r} "
-                f"(separated by {delimiter!r}), found {delimiter.join(header)!r}",
+                f"expected the columns {delimiter.join(expected_header)[:300]!r} "
+                f"(separated by {delimiter!r}), found {delimiter.join(header)[:300]!r}",
                 line=1)
     columns = [[] for _ in range(width)]
     lines = []
-    bad_lines = []
-    for row in reader:
-        if len(row) == width:
+    bad_lines, long_lines, swallowed = [], [], []
+    while True:
+        start = reader.line_num + 1
+        row = _next_row(reader, input_file)
+        if row is None:
+            break
+        end = reader.line_num
+        if end - start + 1 > MAX_RECORD_LINES:
+            swallowed.extend(range(start, end + 1))
+        elif len(row) == width:
+            if max(map(len, row)) > MAX_FIELD_CHARS:
+                long_lines.append(end)
+                continue
             for column, value in zip(columns, row):
                 column.append(value)
-            lines.append(reader.line_num)
+            lines.append(end)
         elif row and any(field.strip() for field in row):
-            bad_lines.append(reader.line_num)
-    file_report.rows_read += len(lines) + len(bad_lines)
+            bad_lines.append(end)
+    file_report.rows_read += len(lines) + len(bad_lines) + len(long_lines) + len(swallowed)
     file_report.drop(f"malformed line (expected {width} fields)", bad_lines)
+    file_report.drop(f"a field longer than {MAX_FIELD_CHARS:,} characters", long_lines)
+    if swallowed:
+        file_report.drop(f"lines swallowed by a record that runs on from line {swallowed[0]} "
+                         "(an unterminated quote?)", swallowed)
     return columns, lines
+
+
+def _next_row(reader, input_file):
+    """The next row of a csv reader, or None at the end.
+
+    Raises:
+      DataError: the parser gave up (a field longer than its limit: a quote that never closes),
+        naming the line where the record started.
+    """
+    start = reader.line_num + 1
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        raise DataError(input_file.display, f"cannot be parsed from this line on ({exc}): a quoted "
+                        "field that never ends? Fix the quote on this line", line=start) from None
 
 
 def _norm(name):

@@ -2,12 +2,23 @@
 
 import os
 
+from tte_tfrs.data import bookcrossing, movielens
 from tte_tfrs.data.bookcrossing import LAYOUTS, find_table, read_bookcrossing
 from tte_tfrs.data.files import list_input_files
 from tte_tfrs.data.movielens import read_movielens
 from tte_tfrs.errors import DataError
 
 DATASETS = ("auto", "kaggle", "bx", "movielens")
+
+
+def full_schema(name):
+    """(user features, item features) of data set family `name` with every side table present,
+    or None for an unknown family."""
+    if name == "book-crossing":
+        return bookcrossing.user_features(), bookcrossing.item_features(with_books=True)
+    if name == "movielens-100k":
+        return movielens.user_features(), movielens.item_features()
+    return None
 
 def _default_data_dir():
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +62,7 @@ def load_dataset(path=None, dataset="auto"):
     if dataset not in DATASETS:
         raise DataError(path or DEFAULT_DATA_DIR, f"unknown dataset {dataset!r}; expected one of "
                         + ", ".join(DATASETS))
-    path = os.fspath(path) if path is not None else DEFAULT_DATA_DIR
+    path = os.path.expanduser(os.fspath(path)) if path is not None else DEFAULT_DATA_DIR
     files = list_input_files(path)
     present = detect_layout(files)
     if dataset == "auto":

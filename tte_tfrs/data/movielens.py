@@ -86,7 +86,6 @@ def _read_ratings(input_file, report):
     frame = frame.rename(columns={"user id": "user_id", "item id": "item_id"})
     frame = cleaning.clean_ratings(frame, input_file.display, file_report, DATA_COLUMNS[:3],
                                    RATING_SCALE)
-    frame = frame.assign(item_id=frame["item_id"].str.strip())
     frame = cleaning.drop_duplicates(frame, ["user_id", "item_id"], file_report,
                                      "duplicate (user id, item id) pair; the last one is kept")
     file_report.rows_kept = len(frame)
@@ -96,7 +95,7 @@ def _read_ratings(input_file, report):
 def _read_users(input_file, report):
     frame, file_report = _read(input_file, USER_COLUMNS, "|", report)
     frame = frame.rename(columns={"user id": "user_id", "zip code": "zip"})
-    frame["user_id"] = frame["user_id"].str.strip()
+    frame = cleaning.clean_ids(frame, "user_id", "", file_report, "user id")
     spec = {s.name: s for s in user_features()}
     frame["age"] = cleaning.clean_number(frame, "age", spec["age"], file_report, "age")
     frame["zip"] = frame["zip"].str.strip().str.upper().str[:2]
@@ -109,7 +108,7 @@ def _read_users(input_file, report):
 def _read_items(input_file, report):
     frame, file_report = _read(input_file, ITEM_COLUMNS, "|", report, encoding="latin-1")
     frame = frame.rename(columns={"movie id": "item_id"})
-    frame["item_id"] = frame["item_id"].str.strip()
+    frame = cleaning.clean_ids(frame, "item_id", "", file_report, "movie id")
     title = frame["movie title"].str.strip()
     year_in_title = title.str.extract(r"\((\d{4})\)\s*$", expand=False)
     frame["title"] = title.str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True)

@@ -1,8 +1,10 @@
 """Deterministic train / validation / test splits of the ratings."""
 
 import dataclasses
+import hashlib
 
 import numpy as np
+import pandas as pd
 
 from tte_tfrs.errors import ConfigError
 
@@ -18,6 +20,22 @@ class Splits:
     def sizes(self):
         return {"train": len(self.train), "validation": len(self.validation),
                 "test": len(self.test)}
+
+    def hashes(self):
+        """{split: `membership_hash`}: what an export records, so an evaluation can prove it
+        scores the rows the model was tested on and trained without."""
+        return {name: membership_hash(getattr(self, name)) for name in ("train", "validation",
+                                                                         "test")}
+
+
+def membership_hash(ratings):
+    """A digest of which (user, item, rating) rows a split holds, independent of row order."""
+    frame = pd.DataFrame({"user_id": ratings["user_id"].astype(str).to_numpy(),
+                          "item_id": ratings["item_id"].astype(str).to_numpy(),
+                          "rating": [f"{r:.9g}" for r in ratings["rating"].to_numpy(np.float64)]})
+    frame = frame.sort_values(["user_id", "item_id", "rating"], kind="stable")
+    text = "\n".join((frame["user_id"] + "\t" + frame["item_id"] + "\t" + frame["rating"]).tolist())
+    return f"sha256:{len(frame)}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def split_ratings(dataset, split="random", validation_fraction=0.1, test_fraction=0.1,
@@ -41,6 +59,12 @@ def split_ratings(dataset, split="random", validation_fraction=0.1, test_fractio
         ratings = dataset.ratings
         if not include_implicit:
             ratings = ratings[dataset.explicit_mask()]
+            if len(ratings) == 0 and len(dataset.ratings):
+                raise ConfigError(
+                    f"all {len(dataset.ratings):,} ratings of {dataset.source} are implicit (rating "
+                    f"{dataset.implicit_rating:g}: the user interacted with the book without rating "
+                    "it), and only explicit ratings are trained on by default; include_implicit "
+                    "(--include_implicit) trains on them as ratings of 0", field="include_implicit")
         order = rng.permutation(len(ratings))
         n_test = int(round(test_fraction * len(ratings)))
         n_val = int(round(validation_fraction * len(ratings)))
@@ -60,6 +84,6 @@ def split_ratings(dataset, split="random", validation_fraction=0.1, test_fractio
                     test.reset_index(drop=True))
     for name, size in splits.sizes().items():
         if size == 0 and not (name == "test" and test_fraction == 0):
-            raise ConfigError(f"the {name} split is empty: the data set has too few usable ratings "
-                              f"({len(dataset.ratings)} rows)")
+            raise ConfigError(f"the {name} split is empty: {dataset.source} has too few usable "
+                              f"ratings ({len(dataset.ratings)} rows)")
     return splits

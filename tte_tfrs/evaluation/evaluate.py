@@ -15,6 +15,7 @@ import pandas as pd
 from tte_tfrs.data.dataset import Dataset
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.split import Splits, split_ratings
+from tte_tfrs.errors import DataError
 from tte_tfrs.evaluation import metrics
 from tte_tfrs.retrieval.registry import BACKENDS
 from tte_tfrs.serving.recommender import Recommender
@@ -104,18 +105,25 @@ def evaluate(config: EvaluationConfig) -> dict:
       top-K metrics at ``k`` (see `tte_tfrs.evaluation.metrics.ranking_metrics`),
       ``recall_curve`` (recall at each of ``ks``) and the settings used.
 
+    The split is re-created from the data and the export's config, and must hold exactly the rows
+    the export recorded (`tte_tfrs.data.split.membership_hash` of each split, in the manifest):
+    data that changed since (a rating appended, a file edited) would put rows the model trained
+    on into the "held-out" set, so it is refused.
+
     Raises:
-      ExportError: no usable export. DataError: the data cannot be read.
+      ExportError: no usable export. DataError: the data cannot be read, or its split differs
+      from the one the export was trained with.
     """
     recommender = Recommender.load(config.output_dir, backend=config.backend)
-    train_config = TrainConfig.from_dict(recommender.manifest["config"])
-    if config.data_dir is not None:
-        dataset = load_dataset(config.data_dir, config.dataset)
-    else:
-        dataset = load_dataset(train_config.data_dir, train_config.dataset)
+    where = recommender.reader.path("manifest.json")
+    train_config = TrainConfig.from_manifest(recommender.manifest, where)
+    data_dir = config.data_dir if config.data_dir is not None else train_config.data_dir
+    dataset = load_dataset(data_dir, config.dataset if config.data_dir is not None
+                           else train_config.dataset)
     splits = split_ratings(dataset, train_config.split, train_config.validation_fraction,
                            train_config.test_fraction, train_config.include_implicit,
                            train_config.seed)
+    check_same_split(splits, recommender.manifest, dataset.source, where)
     held_out = splits.test if config.split == "test" else splits.validation
     users = np.asarray(sorted(held_out["user_id"].unique()), dtype=object)
     embeddings = _user_embeddings(recommender, users)
@@ -126,6 +134,28 @@ def evaluate(config: EvaluationConfig) -> dict:
     result.update({"split": config.split, "backend": recommender.index.name,
                    "version": recommender.version, "k": config.k})
     return result
+
+
+def check_same_split(splits: Splits, manifest: dict, source: str, where: str) -> None:
+    """Refuses a re-created split that is not the one the export recorded.
+
+    Raises:
+      DataError: a split's rows differ, naming the data and the split.
+    """
+    recorded = manifest["dataset"].get("split_hashes")
+    if not recorded:
+        raise DataError(where, "records no split membership (exported by an older tte_tfrs), so "
+                        "the held-out rows cannot be verified; re-export the model to evaluate it")
+    now = splits.hashes()
+    for name in ("train", "validation", "test"):
+        if name in recorded and recorded[name] != now[name]:
+            before = manifest["dataset"].get("splits", {}).get(name, "?")
+            rows = len(getattr(splits, name))
+            raise DataError(source, f"the {name} split re-created from this data ({rows:,} "
+                            f"rows) is not the one version {manifest['version']} was trained with "
+                            f"({before} rows): the data changed since (rows added, removed or "
+                            "edited), so held-out rows could be rows the model trained on. "
+                            "Evaluate with the data the export was trained on (--data_dir)")
 
 
 def _user_embeddings(recommender: Recommender, users: Sequence[str]) -> np.ndarray:

@@ -10,6 +10,8 @@
     <root>/models.config              TF Serving model_config_list
 """
 
+import re
+
 MODELS = ("user_tower", "item_tower", "scorer", "retrieval")   # SavedModels TF Serving serves
 EMBEDDINGS = "item_embeddings"
 USERS = "users"
@@ -20,13 +22,30 @@ INDEX_ROOT = "index"                                            # index/<backend
 MANIFEST = "manifest.json"
 MANIFESTS = "manifests"                                         # manifests/<version>.json
 MODELS_CONFIG = "models.config"
-LOCK_FILE = ".lock"
+LOCK_FILE = ".lock"                                             # the writer lock (filelock)
+LOCK_INFO = ".lock.info"                                        # who holds it, for messages
 ROLLED_BACK = ".rolled_back"
+# Prefixes of temporary entries a killed process may leave behind; the next writer removes them.
+STAGING = ".staging-"                                           # a version being written
+PRUNING = ".pruning-"                                           # a version being deleted
+TEMPORARY_PREFIXES = (STAGING, PRUNING, ".old-index-", ".write-test-", f".{MANIFEST}.",
+                      f".{MODELS_CONFIG}.", f".{LOCK_INFO}.")
 
 EMBEDDINGS_FILE = "embeddings.npy"                              # in item_embeddings/<version>/
 ITEM_IDS_FILE = "item_ids.txt"
 ITEMS_FILE = "items.csv"
 USERS_FILE = "users.csv"                                        # in users/<version>/
 RATED_FILE = "rated.npz"
+VOCABULARIES_FILE = "vocabularies.json"                         # in checkpoint/<version>/
+WEIGHTS_FILE = "weights.npz"
+OPTIMIZER_FILE = "optimizer.npz"
 HISTORY_FILE = "history.json"                                   # in training/<version>/
 CURVE_FILE = "training_curve.png"
+
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def version_number(name):
+    """The version a folder or file stem names (``"12"`` -> 12), or None: only plain ASCII digits
+    without a leading zero count (``"²"`` or ``"012"`` are no versions)."""
+    return int(name) if isinstance(name, str) and _VERSION.fullmatch(name) else None

@@ -17,8 +17,10 @@ Layout under OUTPUT_DIR (one integer version per export, TF Serving serves the h
     manifest.json                the current version's manifest: dimensions, signatures, data,
                                  config, metrics (manifests/<version>.json keeps every version's)
 
-A version is written into a staging folder and renamed into place, then the manifest is replaced
-atomically, so an interrupted export leaves every earlier version and the manifest intact.
+A version is written into a staging folder and then committed (`lifecycle.commit_version`: parts
+renamed into place, its manifest, ``manifest.json``, then ``models.config`` naming the version for
+TF Serving), so an interrupted export leaves every earlier version, the manifest and what TF Serving
+serves intact.
 """
 
 import dataclasses
@@ -26,17 +28,30 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tte_tfrs import ids
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.tfdata import make_tf_dataset
+from tte_tfrs.errors import ExportError
 from tte_tfrs.evaluation.plots import plot_training_curve
 from tte_tfrs.exports import lifecycle
-from tte_tfrs.exports.layout import CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS, VERSIONED
+from tte_tfrs.exports.layout import (
+    CHECKPOINT,
+    CURVE_FILE,
+    EMBEDDINGS,
+    EMBEDDINGS_FILE,
+    HISTORY_FILE,
+    ITEM_IDS_FILE,
+    ITEMS_FILE,
+    RATED_FILE,
+    TRAINING,
+    USERS,
+    USERS_FILE,
+)
 from tte_tfrs.training import checkpoint
 
 RETRIEVAL_K = 100
@@ -91,24 +106,12 @@ def item_embeddings(item_tower, catalogue, specs, batch_size=8192):
     return np.concatenate([item_tower(batch).numpy() for batch in data]).astype(np.float32)
 
 
-def _models_config(output_dir):
-    entries = "".join(
-        "  config {\n"
-        f"    name: \"{name}\"\n"
-        f"    base_path: \"{os.path.join(os.path.abspath(output_dir), name)}\"\n"
-        "    model_platform: \"tensorflow\"\n"
-        "  }\n" for name in MODELS)
-    return "model_config_list {\n" + entries + "}\n"
-
-
-def _retrieval_module(user_tower, embeddings, ids, k):
-    """A tf.Module: raw user features -> exact top-k item ids and scores (tfrs BruteForce)."""
+def _top_k_layer(embeddings, ids, k):
+    """Exact top-k item ids and scores of a user embedding (tfrs BruteForce over the catalogue)."""
     import tensorflow_recommenders as tfrs
     layer = tfrs.layers.factorized_top_k.BruteForce(k=k)
     layer.index(tf.constant(embeddings), tf.constant(np.asarray(ids, dtype=object)))
-    module = tf.Module()
-    module.user_tower, module.top_k = user_tower, layer
-    return module, layer
+    return layer
 
 
 def rated_items(ratings, item_ids):
@@ -157,6 +160,9 @@ def interactions_of(result):
 def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
     """Writes the towers, scorer, item embeddings, models.config and manifest of a `TrainResult`.
 
+    Nothing is written unless the model is finite and every id can be stored; the version is
+    staged and then switched to in one commit (`tte_tfrs.exports.lifecycle.commit_version`).
+
     Args:
       result: the `TrainResult` of `tte_tfrs.train`.
       output_dir: export root (created if needed).
@@ -167,6 +173,7 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
       An `ExportResult`.
 
     Raises:
+      ExportError: a NaN or infinite weight or embedding, or an id that cannot be stored.
       FileExistsError: `version` was used before (versions are never overwritten or reused).
       ExportLockedError: another process is writing to `output_dir`.
     """
@@ -174,86 +181,123 @@ def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
         return _export_locked(result, output_dir, version, retrieval_k)
 
 
+def serving_module(*layers):
+    """A `tf.Module` tracking only what the serving signatures capture: the layers' variables and
+    lookup tables. Saving the Keras towers themselves would also serialise every Keras layer's
+    call and loss functions into the SavedModel (table-scoped J included, and 38 "Skipping full
+    serialization" warnings per export), none of which serving runs."""
+    module = tf.Module()
+    module.serving_variables = [v for layer in layers for v in layer.weights]
+    module.serving_tables = [m.lookup_table for layer in layers for m in layer.submodules
+                             if isinstance(getattr(m, "lookup_table", None),
+                                           tf.lookup.StaticHashTable)]
+    return module
+
+
+def check_exportable(result, catalogue, users):
+    """Refuses a model or tables that must not be exported.
+
+    Raises:
+      ExportError: a weight that is NaN or infinite, or an item or user id that could not be
+        stored and read back (`tte_tfrs.ids.id_problem`).
+    """
+    for variable in result.model.weights:
+        if variable.dtype.is_floating and not np.isfinite(variable.numpy()).all():
+            raise ExportError(f"weight {variable.name} is NaN or infinite: the training diverged; "
+                              "nothing was exported (lower learning_rate and train again)")
+    for what, values in (("item id", catalogue["item_id"]), ("user id", users["user_id"])):
+        problems = ids.id_problems(values)
+        bad = problems.notna().to_numpy()
+        if bad.any():
+            value = np.asarray(values, dtype=object)[bad][0]
+            raise ExportError(f"{what} {str(value)[:40]!r} {problems[bad].iloc[0]}; ids must be at "
+                              f"most {ids.MAX_ID_CHARS} characters without control characters: "
+                              "nothing was exported")
+
+
 def _export_locked(result, output_dir, version, retrieval_k):
+    dataset, model = result.dataset, result.model
+    user_specs, item_specs = dataset.user_features, dataset.item_features
+    user_tower, item_tower = model.user_tower, model.item_tower
+    catalogue = catalogue_of(result)
+    users = users_of(result)
+    check_exportable(result, catalogue, users)
+    embeddings = item_embeddings(item_tower, catalogue, item_specs)
+    if not np.isfinite(embeddings).all():
+        raise ExportError("the item tower gives NaN or infinite embeddings: the training "
+                          "diverged; nothing was exported (lower learning_rate and train again)")
+
     # Numbers seen before the repair count as used: TF Serving may have loaded a partial version.
     used = lifecycle.used_versions(output_dir)
     lifecycle.repair(output_dir)
     if version is None:
         version = max(used, default=0) + 1
-    elif int(version) in used:
+    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"version must be a positive whole number, got {version!r}")
+    elif version in used:
         raise FileExistsError(f"version {version} was already used in {output_dir}; versions are "
                               "never overwritten or reused: leave the version out for the next one")
-    version = int(version)
     if result.parent is not None:
         current = lifecycle.current_version(output_dir)
         if current != result.parent.version:
             raise lifecycle.LifecycleError(
                 f"this update continues version {result.parent.version} of {output_dir}, but the "
                 f"current version is now {current}; run the update again")
-    dataset, model = result.dataset, result.model
-    user_specs, item_specs = dataset.user_features, dataset.item_features
-    user_tower, item_tower = model.user_tower, model.item_tower
 
-    staging = tempfile.mkdtemp(dir=output_dir, prefix=f".staging-{version}-")
+    staging = lifecycle.staging_folder(output_dir, version)
     try:
-        module = tf.Module()
-        module.user_tower = user_tower
-        _save(module, _signature(user_tower, user_specs, "embedding"),
+        _save(serving_module(user_tower), _signature(user_tower, user_specs, "embedding"),
               os.path.join(staging, "user_tower"))
-        module = tf.Module()
-        module.item_tower = item_tower
-        _save(module, _signature(item_tower, item_specs, "embedding"),
+        _save(serving_module(item_tower), _signature(item_tower, item_specs, "embedding"),
               os.path.join(staging, "item_tower"))
-        module = tf.Module()
-        module.user_tower, module.item_tower = user_tower, item_tower
-        _save(module, _signature(model, user_specs + item_specs, "rating"),
-              os.path.join(staging, "scorer"))
-
-        catalogue = catalogue_of(result)
-        embeddings = item_embeddings(item_tower, catalogue, item_specs)
-        folder = os.path.join(staging, EMBEDDINGS)
-        os.makedirs(folder)
-        np.save(os.path.join(folder, "embeddings.npy"), embeddings)
-        with open(os.path.join(folder, "item_ids.txt"), "w", encoding="utf-8") as f:
-            f.writelines(f"{item_id}\n" for item_id in catalogue["item_id"])
-        catalogue.to_csv(os.path.join(folder, "items.csv"), index=False)
+        _save(serving_module(user_tower, item_tower),
+              _signature(model, user_specs + item_specs, "rating"), os.path.join(staging, "scorer"))
 
         retrieval_k = int(min(retrieval_k, len(catalogue)))
-        module, top_k = _retrieval_module(user_tower, embeddings, catalogue["item_id"], retrieval_k)
+        top_k = _top_k_layer(embeddings, catalogue["item_id"], retrieval_k)
 
         def recommend(features):
-            scores, ids = top_k(user_tower(features))
-            return {"scores": scores, "item_ids": ids}
+            scores, found = top_k(user_tower(features))
+            return {"scores": scores, "item_ids": found}
 
         names = [spec.name for spec in user_specs]
         serve = tf.function(lambda *tensors: recommend(dict(zip(names, tensors))),
                             input_signature=[spec.tensor_spec() for spec in user_specs])
-        _save(module, serve.get_concrete_function(), os.path.join(staging, "retrieval"))
+        _save(serving_module(user_tower, top_k), serve.get_concrete_function(),
+              os.path.join(staging, "retrieval"))
+
+        folder = os.path.join(staging, EMBEDDINGS)
+        os.makedirs(folder)
+        np.save(os.path.join(folder, EMBEDDINGS_FILE), embeddings)
+        with open(os.path.join(folder, ITEM_IDS_FILE), "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(f"{item_id}\n" for item_id in catalogue["item_id"])
+        catalogue.to_csv(os.path.join(folder, ITEMS_FILE), index=False)
 
         folder = os.path.join(staging, USERS)
         os.makedirs(folder)
-        users_of(result).to_csv(os.path.join(folder, "users.csv"), index=False)
-        np.savez(os.path.join(folder, "rated.npz"),
+        users.to_csv(os.path.join(folder, USERS_FILE), index=False)
+        np.savez(os.path.join(folder, RATED_FILE),
                  **rated_items(interactions_of(result), catalogue["item_id"].tolist()))
         checkpoint_files = checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
 
-        paths = {}
         folder = os.path.join(staging, TRAINING)
         os.makedirs(folder)
-        with open(os.path.join(folder, "history.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(folder, HISTORY_FILE), "w", encoding="utf-8") as f:
             json.dump(result.history, f, indent=2)
-        plot_training_curve(result.history, os.path.join(folder, "training_curve.png"))
+        plot_training_curve(result.history, os.path.join(folder, CURVE_FILE))
 
-        for name in VERSIONED:
-            target = os.path.join(output_dir, name, str(version))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.rename(os.path.join(staging, name), target)
-            paths[name] = target
+        manifest = _manifest(result, version, len(embeddings), retrieval_k, checkpoint_files)
+        paths = lifecycle.commit_version(output_dir, staging, version, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(output_dir=output_dir, version=version, paths=paths, manifest=manifest)
 
+
+def _manifest(result, version, item_count, retrieval_k, checkpoint_files):
+    dataset, user_tower = result.dataset, result.model.user_tower
+    user_specs, item_specs = dataset.user_features, dataset.item_features
     dim = user_tower.output_dim
-    manifest = {
+    return {
         "format_version": FORMAT_VERSION,
         "version": version,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -274,14 +318,14 @@ def _export_locked(result, output_dir, version, retrieval_k):
                 "scores": {"dtype": "float32", "shape": [-1, retrieval_k]}}),
         },
         "retrieval_k": retrieval_k,
-        "users": {"path": f"{USERS}/{version}", "files": ["users.csv", "rated.npz"]},
-        "training": {"path": f"{TRAINING}/{version}",
-                     "files": ["history.json", "training_curve.png"]},
-        "item_embeddings": {"path": f"{EMBEDDINGS}/{version}", "count": int(len(embeddings)),
-                            "files": ["embeddings.npy", "item_ids.txt", "items.csv"]},
+        "users": {"path": f"{USERS}/{version}", "files": [USERS_FILE, RATED_FILE]},
+        "training": {"path": f"{TRAINING}/{version}", "files": [HISTORY_FILE, CURVE_FILE]},
+        "item_embeddings": {"path": f"{EMBEDDINGS}/{version}", "count": int(item_count),
+                            "files": [EMBEDDINGS_FILE, ITEM_IDS_FILE, ITEMS_FILE]},
         "dataset": {"name": dataset.name, "layout": dataset.layout, "source": dataset.source,
                     "rating_scale": list(dataset.rating_scale),
                     "counts": dataset.counts(), "splits": result.splits.sizes(),
+                    "split_hashes": result.splits.hashes(),
                     "report": dataset.report.to_dict()},
         "checkpoint": {"path": f"{CHECKPOINT}/{version}", "files": checkpoint_files},
         "parent_version": result.parent.version if result.parent is not None else None,
@@ -290,6 +334,3 @@ def _export_locked(result, output_dir, version, retrieval_k):
         "metrics": result.metrics,
         "history": result.history,
     }
-    lifecycle.write_atomically(os.path.join(output_dir, MODELS_CONFIG), _models_config(output_dir))
-    lifecycle.write_manifest(output_dir, manifest)
-    return ExportResult(output_dir=output_dir, version=version, paths=paths, manifest=manifest)

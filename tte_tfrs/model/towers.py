@@ -46,7 +46,28 @@ def make_regularizer(kind: str, strength: float) -> tf.keras.regularizers.Regula
 def _as_array(vocabulary):
     # A numpy array, not a list: Keras walks list attributes of layers (as tracked data structures)
     # each time the model's weights are listed, which took seconds per call for 160k-id tables.
-    return np.array(vocabulary, dtype=str) if len(vocabulary) else None
+    return np.array(vocabulary, dtype=object) if len(vocabulary) else None
+
+
+class UnknownOnlyLookup(tf.keras.layers.Layer):
+    """The lookup of an empty vocabulary (e.g. no users file, so no locations): every value is
+    unknown (row 0). Keras' StringLookup refuses an empty vocabulary."""
+
+    def get_vocabulary(self):
+        return ["[UNK]"]
+
+    def call(self, inputs):
+        if isinstance(inputs, tf.RaggedTensor):
+            return inputs.with_flat_values(tf.zeros(tf.shape(inputs.flat_values), tf.int64))
+        return tf.zeros(tf.shape(inputs), tf.int64)
+
+
+def make_lookup(vocabulary, name):
+    """A string lookup with one out-of-vocabulary slot (row 0) and the vocabulary after it."""
+    if not len(vocabulary):
+        return UnknownOnlyLookup(name=name)
+    return tf.keras.layers.StringLookup(vocabulary=_as_array(vocabulary), num_oov_indices=1,
+                                        mask_token=None, name=name)
 
 
 def _initializer(seed, name, stddev=0.05):
@@ -69,9 +90,7 @@ class LookupEncoder(tf.keras.layers.Layer):
         self.embeddings = {}
         for key, vocabulary in sorted(vocabularies.items()):
             safe = key.replace("/", "_")
-            self.lookups[key] = tf.keras.layers.StringLookup(
-                vocabulary=_as_array(vocabulary), num_oov_indices=1, mask_token=None,
-                name=f"{safe}_lookup")
+            self.lookups[key] = make_lookup(vocabulary, f"{safe}_lookup")
             self.embeddings[key] = tf.keras.layers.Embedding(
                 len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, key),
                 **regularization, name=f"{safe}_embedding")
@@ -123,9 +142,7 @@ class TokenEncoder(tf.keras.layers.Layer):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
         self.spec = spec
         self.tokenize = features.text_tokens if spec.kind == "text" else features.tag_tokens
-        self.lookup = tf.keras.layers.StringLookup(
-            vocabulary=_as_array(vocabulary), num_oov_indices=1, mask_token=None,
-            name=f"{spec.name}_lookup")
+        self.lookup = make_lookup(vocabulary, f"{spec.name}_lookup")
         self.embedding = tf.keras.layers.Embedding(
             len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, spec.name),
             **regularization, name=f"{spec.name}_embedding")

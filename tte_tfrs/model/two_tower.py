@@ -13,6 +13,8 @@ import tensorflow_recommenders as tfrs
 from tte_tfrs.model.towers import ITEM, USER, Tower
 
 RATING = "rating"
+# In the error a training step raises when its loss (or gradient) is NaN or infinite.
+NON_FINITE_LOSS = "tte_tfrs: the training loss is not finite"
 
 
 class TwoTowerRatingModel(tfrs.Model):
@@ -63,7 +65,8 @@ class TwoTowerRatingModel(tfrs.Model):
     def train_step(self, inputs: Mapping) -> dict:
         with tf.GradientTape() as tape:
             loss, regularization_loss = self.losses_of(inputs, training=True)
-            total_loss = loss + regularization_loss
+            # Stops training at the first step whose loss or gradient is NaN or infinite.
+            total_loss = tf.debugging.check_numerics(loss + regularization_loss, NON_FINITE_LOSS)
         gradients = tape.gradient(total_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         return self._report(loss, regularization_loss, total_loss)

@@ -1,7 +1,7 @@
 """Builds the vocabularies of the tower lookups from training data."""
 
-import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from tte_tfrs.data import features
 
@@ -30,7 +30,8 @@ def build_vocabularies(specs, columns, min_count, max_text_tokens):
         values = columns[spec.name]
         if spec.kind in ("text", "tags"):
             tokenize = features.text_tokens if spec.kind == "text" else features.tag_tokens
-            tokens = tokenize(np.asarray(values, dtype=object).astype(str)).flat_values.numpy()
+            strings = tf.constant(features.as_object_strings(values), dtype=tf.string)
+            tokens = tokenize(strings).flat_values.numpy()
             counted = _ranked(pd.Series(tokens).map(lambda b: b.decode("utf-8")), min_count)
             vocabularies[spec.name] = counted[: max_text_tokens]
             continue

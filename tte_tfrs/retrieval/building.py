@@ -11,7 +11,7 @@ from typing import Any
 
 from tte_tfrs.errors import ExportError
 from tte_tfrs.exports import lifecycle
-from tte_tfrs.exports.reader import ExportReader
+from tte_tfrs.exports.reader import ExportReader, read_consistent
 from tte_tfrs.retrieval.item_index import IndexMismatchError, ItemIndex
 from tte_tfrs.retrieval.registry import DEFAULT_BACKEND
 
@@ -30,8 +30,7 @@ def build_index(output_dir: str, backend: str = DEFAULT_BACKEND,
     Raises:
       ExportError: no export, or a damaged one. ConfigError: unknown backend or setting.
     """
-    reader = ExportReader(output_dir)
-    table = reader.item_table
+    reader, table = read_consistent(output_dir, lambda reader: (reader, reader.item_table))
     index = ItemIndex.build(table.embeddings, table.ids, backend, build_params, search_params)
     return index, _save(reader, index, backend)
 

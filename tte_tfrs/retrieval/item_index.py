@@ -4,11 +4,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
-from tte_tfrs.errors import TteError
+from tte_tfrs import paths
+from tte_tfrs.errors import ExportError, TteError
+from tte_tfrs.exports.reader import read_json
 from tte_tfrs.retrieval.base import merge_params, top_k_rows
 from tte_tfrs.retrieval.exact import ExactBackend
 from tte_tfrs.retrieval.registry import DEFAULT_BACKEND, get_backend
@@ -150,7 +151,7 @@ class ItemIndex:
         """Writes the index and its metadata atomically into `folder` (replacing an older one)."""
         parent = os.path.dirname(os.path.abspath(folder))
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=".staging-index-")
+        staging = paths.make_temp_folder(parent, ".staging-index-")   # normal modes, not 0700
         try:
             self.backend.save(staging)
             meta = {"backend": self.backend.name, "export_version": int(export_version),
@@ -161,7 +162,7 @@ class ItemIndex:
             with open(os.path.join(staging, META_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2)
             if os.path.exists(folder):
-                old = tempfile.mkdtemp(dir=parent, prefix=".old-index-")
+                old = paths.make_temp_folder(parent, ".old-index-")
                 os.rename(folder, os.path.join(old, "index"))
                 os.rename(staging, folder)
                 shutil.rmtree(old, ignore_errors=True)
@@ -182,8 +183,9 @@ class ItemIndex:
         meta_path = os.path.join(folder, META_FILE)
         if not os.path.exists(meta_path):
             raise FileNotFoundError(f"no index in {folder}; build one with tte-index")
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_json(meta_path, "index metadata")
+        if not isinstance(meta, dict):
+            raise ExportError(f"{meta_path}: expected a JSON object (index metadata)")
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         expected = {"dim": int(embeddings.shape[1]), "count": int(len(embeddings)),
                     "export_version": int(export_version), "fingerprint": fingerprint(embeddings)}

@@ -26,17 +26,22 @@ from tte_tfrs.errors import ConfigError, TteError
 from tte_tfrs.training.config import field_help
 
 HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
+# Flags that name paths: `run` expands ~ and $VARS in them before the script sees them.
+PATH_FLAGS = ("data_dir", "output_dir", "tensorboard_dir", "rollback", "warm_start_from", "json",
+              "plot")
 
 Main = Callable[[flags.FlagValues], int]
 
 
 def run(program: str, doc: str, define_flags: Callable[[flags.FlagValues], None], main: Main,
-        argv: Sequence[str] | None = None) -> int:
+        argv: Sequence[str] | None = None, aliases: dict[str, str] | None = None) -> int:
     """Parses `argv` with the script's own flags and runs `main`; returns the exit code.
 
-    ``--help`` prints `doc` and the script's flags and returns 0. A bad flag value, a stray
-    argument or a `TteError` (bad data, a bad request, a damaged export) prints one line naming
-    the flag, file or field and returns 2: never a traceback for bad input.
+    ``--help`` prints `doc` and the script's flags and returns 0. Path flags (`PATH_FLAGS`) have
+    ``~`` and environment variables expanded. A bad flag value, a stray argument or a `TteError`
+    (bad data, a bad request, a damaged export) prints one line naming the flag, file or field and
+    returns 2: never a traceback for bad input. A `ConfigError` about a setting names its flag
+    (`aliases` maps settings to flags of another name, e.g. ``log_dir`` to ``tensorboard_dir``).
     """
     argv = list(sys.argv if argv is None else argv)
     values = flags.FlagValues()
@@ -51,14 +56,23 @@ def run(program: str, doc: str, define_flags: Callable[[flags.FlagValues], None]
     if len(rest) > 1:
         return fail(program, f"unexpected arguments: {' '.join(rest[1:])}; flags take the form "
                     "--name=value (see --help)")
+    for name in PATH_FLAGS:
+        if name in values and isinstance(values[name].value, str):
+            values[name].value = expand_path(values[name].value)
     logging.set_verbosity(logging.WARNING)
+    aliases = aliases or {}
     try:
         return main(values)
     except ConfigError as exc:
-        flag = f"--{exc.field}: " if exc.field and exc.field in values else ""
+        field = aliases.get(exc.field, exc.field)
+        flag = f"--{field}: " if field and field in values else ""
         return fail(program, f"{flag}{exc}")
     except (TteError, ValueError, OSError) as exc:
         return fail(program, str(exc))
+    except KeyboardInterrupt:
+        fail(program, "interrupted; earlier exports are intact (the next writer removes what "
+             "this one left)")
+        return 130
 
 
 def fail(program: str, message: str) -> int:

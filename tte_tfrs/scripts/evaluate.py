@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from tte_tfrs import paths
 from tte_tfrs.errors import ConfigError
 from tte_tfrs.evaluation.evaluate import EvaluationConfig, evaluate
 from tte_tfrs.evaluation.plots import plot_recall_curve
@@ -44,19 +45,13 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _writable(path: str | None, flag: str) -> str | None:
-    """`path` expanded, after checking its folder exists (before the evaluation runs)."""
-    path = cli.expand_path(path)
-    if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise ConfigError(f"the folder of {path} does not exist", field=flag)
-    return path
-
-
 def main(values: flags.FlagValues) -> int:
-    json_path, plot_path = _writable(values.json, "json"), _writable(values.plot, "plot")
+    # Checked before the evaluation runs, not after.
+    json_path = paths.writable_file(values.json, "json") if values.json is not None else None
+    plot_path = paths.writable_file(values.plot, "plot") if values.plot is not None else None
+    if json_path and plot_path and os.path.abspath(json_path) == os.path.abspath(plot_path):
+        raise ConfigError("--json and --plot name the same file", field="plot")
     settings = cli.config_values(values, EvaluationConfig, rename=RENAMED)
-    for key in ("output_dir", "data_dir"):
-        settings[key] = cli.expand_path(settings[key])
     result = evaluate(EvaluationConfig(**settings))
     if plot_path:
         plot_recall_curve(result, plot_path)
@@ -69,7 +64,7 @@ def main(values: flags.FlagValues) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """The ``tte-evaluate`` console script; returns the exit code."""
-    return cli.run(PROGRAM, __doc__, define_flags, main, argv)
+    return cli.run(PROGRAM, __doc__, define_flags, main, argv, aliases={"split": "eval_split"})
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def backend_params(values: flags.FlagValues) -> tuple[dict[str, Any], dict[str, 
 
 def main(values: flags.FlagValues) -> int:
     started = time.perf_counter()
-    index, meta = build_index(cli.expand_path(values.output_dir), values.backend,
+    index, meta = build_index(values.output_dir, values.backend,
                               *backend_params(values))
     for note in index.notes:
         print(f"note: {note}")

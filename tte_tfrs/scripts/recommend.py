@@ -63,7 +63,7 @@ def format_table(recommendations: Sequence[Recommendation]) -> str:
 
 def main(values: flags.FlagValues) -> int:
     features = parse_features(values.feature)
-    recommender = Recommender.load(cli.expand_path(values.output_dir), backend=values.backend)
+    recommender = Recommender.load(values.output_dir, backend=values.backend)
     recommendations = recommender.recommend(values.user_id, features, values.k,
                                             exclude_rated=not values.include_rated)
     if values.format == "json":

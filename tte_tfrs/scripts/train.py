@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from tte_tfrs import paths
+from tte_tfrs.errors import ConfigError
 from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.layout import ROLLED_BACK
 from tte_tfrs.scripts import cli
@@ -44,9 +46,6 @@ def define_flags(values: flags.FlagValues) -> None:
                         "version there. Flags given on the command line override the parent's "
                         "settings; embedding_dim, hidden_units, regularizer, min_count and "
                         "max_text_tokens stay the parent's.", flag_values=values)
-    flags.DEFINE_bool("allow_invalid_ratings", False,
-                      "With --warm_start_from: drop ratings outside the scale instead of refusing "
-                      "the new data.", flag_values=values)
     flags.DEFINE_integer("keep_versions", 0,
                          "After exporting, delete all but the newest N versions (0 keeps all); the "
                          "current version is never deleted.", lower_bound=0, flag_values=values)
@@ -54,44 +53,65 @@ def define_flags(values: flags.FlagValues) -> None:
 
 def main(values: flags.FlagValues) -> int:
     if values.rollback:
-        root = cli.expand_path(values.rollback)
+        root = values.rollback
+        if not os.path.isdir(root):
+            raise ConfigError(f"{root} is not an export folder", field="rollback")
         rolled_back, current = lifecycle.rollback(root)
         print(f"Rolled back {root}: version {current} is current again; version {rolled_back} "
               f"was moved to {os.path.join(root, ROLLED_BACK)}")
         return 0
     if values.warm_start_from:
-        output_dir = cli.expand_path(values.warm_start_from)
-        if values["output_dir"].present and os.path.abspath(
-                cli.expand_path(values.output_dir)) != os.path.abspath(output_dir):
-            raise ValueError("--warm_start_from writes the next version into the folder it "
-                             "continues; leave --output_dir out")
+        output_dir = values.warm_start_from
+        if values["output_dir"].present and os.path.abspath(values.output_dir) != \
+                os.path.abspath(output_dir):
+            raise ConfigError("--warm_start_from writes the next version into the folder it "
+                              "continues; leave --output_dir out", field="output_dir")
         overrides = cli.config_values(values, TrainConfig, only_given=True)
+        _check_alone(overrides)
         overrides["log_dir"] = _log_dir(values, output_dir)
         overrides["verbose"] = values.verbose
-        if "data_dir" in overrides:
-            overrides["data_dir"] = cli.expand_path(overrides["data_dir"])
-        update_and_export(output_dir, allow_invalid_ratings=values.allow_invalid_ratings,
-                          **overrides)
-    else:
-        output_dir = cli.expand_path(values.output_dir)
-        settings = cli.config_values(values, TrainConfig)
-        settings["data_dir"] = cli.expand_path(settings["data_dir"])
-        train_and_export(TrainConfig(**settings, log_dir=_log_dir(values, output_dir)),
-                         output_dir)
-    if values.keep_versions:
-        removed = lifecycle.prune(output_dir, values.keep_versions)
-        if removed:
-            print(f"Pruned versions {', '.join(map(str, removed))} of {output_dir}")
+        if not os.path.isdir(output_dir):
+            raise ConfigError(f"{output_dir} is not an export folder", field="warm_start_from")
+        paths.writable_folder(output_dir, "warm_start_from")
+        with lifecycle.writer_lock(output_dir):
+            update_and_export(output_dir, **overrides)
+            _prune(output_dir, values.keep_versions)
+        return 0
+    output_dir = values.output_dir
+    config = TrainConfig(**cli.config_values(values, TrainConfig),
+                         log_dir=_log_dir(values, output_dir))
+    with lifecycle.writer_lock(output_dir):
+        train_and_export(config, output_dir)
+        _prune(output_dir, values.keep_versions)
     return 0
 
 
+def _check_alone(overrides: dict) -> None:
+    """Checks each setting given on the command line on its own (the parent's values fill the
+    rest later), so a bad flag stops the update before anything is read."""
+    try:
+        TrainConfig(**overrides)
+    except ConfigError as exc:
+        if exc.field in overrides:
+            raise
+
+
+def _prune(output_dir: str, keep: int) -> None:
+    if keep:
+        removed = lifecycle.prune(output_dir, keep)
+        if removed:
+            print(f"Pruned versions {', '.join(map(str, removed))} of {output_dir}")
+
+
 def _log_dir(values: flags.FlagValues, output_dir: str) -> str:
-    return cli.expand_path(values.tensorboard_dir) or os.path.join(output_dir, "logs")
+    return values.tensorboard_dir if values.tensorboard_dir is not None else \
+        os.path.join(output_dir, "logs")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """The ``tte-train`` console script; returns the exit code."""
-    return cli.run(PROGRAM, __doc__, define_flags, main, argv)
+    return cli.run(PROGRAM, __doc__, define_flags, main, argv,
+                   aliases={"log_dir": "tensorboard_dir"})
 
 
 if __name__ == "__main__":

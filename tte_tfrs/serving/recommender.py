@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tte_tfrs import ids
 from tte_tfrs.errors import TteError
-from tte_tfrs.exports.reader import ExportReader, RatedItems
+from tte_tfrs.exports.reader import ExportReader, RatedItems, read_consistent
 from tte_tfrs.retrieval import DEFAULT_BACKEND, ItemIndex
 
 
@@ -44,8 +45,18 @@ class Recommendation:
 
 
 def normalize_user_id(user_id: Any) -> str | None:
-    """The one form of a user id every lookup uses: a string without surrounding white space."""
-    return None if user_id is None else str(user_id).strip()
+    """The one form of a user id every lookup uses (`tte_tfrs.ids.canonical_id`, the twin of the
+    user tower's own normalisation).
+
+    Raises:
+      RecommendationError: an id no export can hold (too long, or a control character).
+    """
+    if user_id is None:
+        return None
+    problem = ids.id_problem(user_id)
+    if problem:
+        raise RecommendationError(f"user id {str(user_id)[:40]!r} {problem}")
+    return ids.canonical_id(user_id)
 
 
 class Recommender:
@@ -84,19 +95,20 @@ class Recommender:
           ExportError: no export there, or a damaged one. IndexMismatchError: the saved index
           belongs to other embeddings. ConfigError: unknown backend, or ScaNN not installed.
         """
-        reader = ExportReader(output_dir)
-        table = reader.item_table
-        folder = reader.index_folder(backend)
-        if os.path.exists(folder) or not build_if_missing:
-            index = ItemIndex.load(folder, table.embeddings, table.ids, reader.version,
-                                   search_params)
-        else:
-            index = ItemIndex.build(table.embeddings, table.ids, backend,
-                                    search_params=search_params)
-            index.notes.append(f"no saved {backend} index for version {reader.version}; built one "
-                               "in memory (save it with tte-index)")
-        user_tower = tf.saved_model.load(reader.saved_model("user_tower"))
-        return cls(reader, user_tower.signatures["serving_default"], index)
+        def load(reader: ExportReader) -> Recommender:
+            table = reader.item_table
+            folder = reader.index_folder(backend)
+            if os.path.exists(folder) or not build_if_missing:
+                index = ItemIndex.load(folder, table.embeddings, table.ids, reader.version,
+                                       search_params)
+            else:
+                index = ItemIndex.build(table.embeddings, table.ids, backend,
+                                        search_params=search_params)
+                index.notes.append(f"no saved {backend} index for version {reader.version}; built "
+                                   "one in memory (save it with tte-index)")
+            return cls(reader, load_signature(reader, "user_tower"), index)   # reads users, rated
+
+        return read_consistent(output_dir, load)
 
     @property
     def users_with_ratings(self) -> np.ndarray:
@@ -143,7 +155,7 @@ class Recommender:
             if spec["dtype"] == "float32":
                 values[name] = _as_float(name, value)
             else:
-                values[name] = "" if value is None or _is_nan(value) else str(value)
+                values[name] = _as_text(name, value)
         return values
 
     def user_embeddings(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -215,11 +227,44 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+MAX_FEATURE_CHARS = 4096
+
+
+def _as_text(name: str, value: Any) -> str:
+    if value is None or _is_nan(value):
+        return ""
+    text = str(value)
+    if len(text) > MAX_FEATURE_CHARS:
+        raise RecommendationError(f"user feature {name!r} is longer than {MAX_FEATURE_CHARS} "
+                                  "characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecommendationError(f"user feature {name!r} is not valid Unicode text") from None
+    return text
+
+
+def load_signature(reader: ExportReader, model: str) -> Any:
+    """The ``serving_default`` function of one of the reader's SavedModels.
+
+    Raises:
+      VersionGoneError: the version was removed while it was loaded. ExportError: the SavedModel
+        is damaged or has no ``serving_default`` signature.
+    """
+    folder = reader.saved_model(model)
+    try:
+        loaded = tf.saved_model.load(folder)
+        return loaded.signatures["serving_default"]
+    except (tf.errors.OpError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        reader.missing(folder, f"cannot be loaded as a SavedModel with a serving_default signature "
+                               f"({type(exc).__name__}: {str(exc)[:200]}); re-export the model")
+
+
 def _as_float(name: str, value: Any) -> float:
     if value is None or (isinstance(value, str) and value.strip() in ("", "nan", "NaN")):
         return float("nan")
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RecommendationError(f"user feature {name!r} must be a number (float32), got "
-                                  f"{value!r}") from None
+                                  f"{str(value)[:40]!r}") from None

@@ -6,8 +6,9 @@ Every export writes ``checkpoint/<version>/``:
     weights.npz         every tower weight by a model-independent name (``user/...``, ``item/...``)
     optimizer.npz       Adagrad's accumulator of each weight, by the same names (Adagrad only)
 
-Warm starts grow vocabularies by appending, so a known value keeps its row number and its trained row
-is copied bit for bit into the larger table (`restore_grown`). With Adagrad (the default) the
+Reading it back is `tte_tfrs.exports.reader.ExportReader.checkpoint` (validated like every file of
+an export). Warm starts grow vocabularies by appending, so a known value keeps its row number and
+its trained row is copied bit for bit into the larger table (`restore_grown`). With Adagrad (the default) the
 update also continues the optimizer: each row keeps its accumulated squared gradients, so rows
 trained for long take small steps on the new data while new rows take large ones
 (`restore_optimizer`). Other optimizers start afresh.
@@ -19,9 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-VOCABULARIES_FILE = "vocabularies.json"
-WEIGHTS_FILE = "weights.npz"
-OPTIMIZER_FILE = "optimizer.npz"
+from tte_tfrs.exports.layout import OPTIMIZER_FILE, VOCABULARIES_FILE, WEIGHTS_FILE
+
 FILES = (VOCABULARIES_FILE, WEIGHTS_FILE)
 
 
@@ -41,17 +41,27 @@ def _keyed_trainables(model):
     return [(keys[id(v)], v) for v in model.trainable_variables]
 
 
+def accumulator_of(optimizer, variable):
+    """Adagrad's accumulator of `variable`, found the way Adagrad's own update step finds it (by
+    the variable's key), not by position; None when the optimizer has none for it."""
+    try:
+        index = optimizer._index_dict.get(optimizer._var_key(variable))
+        slot = optimizer._accumulators[index] if index is not None else None
+    except (AttributeError, IndexError, TypeError):      # not a built Keras Adagrad
+        return None
+    if slot is None or tuple(slot.shape) != tuple(variable.shape):
+        return None
+    return slot
+
+
 def _accumulators(model):
-    """[(weight key, variable, accumulator)] of an Adagrad-compiled model, else []."""
+    """[(weight key, variable, accumulator)] of a built Adagrad-compiled model, else []: all of
+    its trainable weights' accumulators, or none when one cannot be found."""
     optimizer = getattr(model, "optimizer", None)
     if not isinstance(optimizer, tf.keras.optimizers.Adagrad) or not optimizer.variables:
         return []
-    slots = optimizer.variables[1:]                     # [iterations, one accumulator per weight]
-    trainables = _keyed_trainables(model)
-    if len(slots) != len(trainables) or any(
-            tuple(s.shape) != tuple(v.shape) for s, (_, v) in zip(slots, trainables)):
-        return []
-    return [(key, v, s) for s, (key, v) in zip(slots, trainables)]
+    found = [(key, v, accumulator_of(optimizer, v)) for key, v in _keyed_trainables(model)]
+    return found if all(slot is not None for _, _, slot in found) else []
 
 
 def save_state(model, folder):
@@ -65,15 +75,6 @@ def save_state(model, folder):
         return list(FILES)
     np.savez(os.path.join(folder, OPTIMIZER_FILE), **accumulators)
     return list(FILES) + [OPTIMIZER_FILE]
-
-
-def read_optimizer_state(folder):
-    """{weight key: Adagrad accumulator} saved with the state, or {} when there is none."""
-    path = os.path.join(folder, OPTIMIZER_FILE)
-    if not os.path.exists(path):
-        return {}
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
 
 
 def restore_optimizer(model, accumulators):
@@ -97,22 +98,6 @@ def _with_leading_rows(old, fresh):
         return old
     fresh[: old.shape[0]] = old
     return fresh
-
-
-def read_state(folder):
-    """(vocabularies, weights) written by `save_state`.
-
-    Raises:
-      FileNotFoundError: `folder` holds no saved state.
-    """
-    for name in FILES:
-        if not os.path.exists(os.path.join(folder, name)):
-            raise FileNotFoundError(f"{folder} has no {name}")
-    with open(os.path.join(folder, VOCABULARIES_FILE), encoding="utf-8") as f:
-        vocabularies = json.load(f)
-    with np.load(os.path.join(folder, WEIGHTS_FILE)) as data:
-        weights = {key: data[key] for key in data.files}
-    return vocabularies, weights
 
 
 def grow_vocabularies(old, new):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from tte_tfrs.data.loader import DATASETS
 from tte_tfrs.data.movielens import FOLDS
-from tte_tfrs.errors import ConfigError
+from tte_tfrs.errors import ConfigError, ExportError
 
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 REGULARIZERS = ("l1", "l2")
@@ -41,11 +43,18 @@ class ConfigBase:
         self.validate()
 
     def validate(self) -> None:
-        """Raises ConfigError naming the first field that is out of range.
+        """Raises ConfigError naming the first field of the wrong type or out of range.
 
         Raises:
-          ConfigError: a value out of range; its ``field`` attribute names the field.
+          ConfigError: a value of the wrong type or out of range; its ``field`` attribute names
+            the field.
         """
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = type_problem(value, hints[field.name])
+            if expected:
+                raise ConfigError(f"{field.name} must be {expected}, got {value!r}", field=field.name)
         for part in reversed(type(self).__mro__):
             checks = part.__dict__.get("_checks")
             if checks is None:
@@ -79,6 +88,22 @@ class ConfigBase:
                               field=unknown[0])
         return cls(**{k: v for k, v in values.items() if k in names})
 
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], where: str):
+        """The config an export's manifest records (its ``config`` object), validated.
+
+        Raises:
+          ExportError: a value of the wrong type or out of range, naming `where` (the manifest)
+            and the key.
+        """
+        values = manifest.get("config")
+        if not isinstance(values, Mapping):
+            raise ExportError(f"{where}: 'config' must be a JSON object")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as exc:
+            raise ExportError(f"{where}: damaged manifest: config.{exc}") from None
+
     def changed(self) -> str:
         """The fields that differ from their defaults, for messages."""
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
@@ -99,6 +124,9 @@ class DataConfig(ConfigBase):
       test_fraction: share of the ratings held out for the final metrics (random split only).
       include_implicit: also train and evaluate on implicit interactions (Book-Crossing rating 0)
         as ratings of 0; by default only explicit ratings are used.
+      max_dropped_fraction: the largest share of any input file's rows that may be dropped as
+        unusable (malformed, swallowed by a broken quote, out of scale, bad ids) before training
+        refuses the data, naming the file and line; 1 trains on whatever is left.
     """
 
     data_dir: str | None = None
@@ -107,6 +135,7 @@ class DataConfig(ConfigBase):
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     include_implicit: bool = False
+    max_dropped_fraction: float = 0.1
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"dataset": DATASETS}
 
@@ -118,6 +147,11 @@ class DataConfig(ConfigBase):
         yield "test_fraction", 0 <= self.test_fraction < 0.5, "must be in [0, 0.5)"
         yield "test_fraction", self.validation_fraction + self.test_fraction < 0.9, \
             "plus validation_fraction must leave at least 10% of the ratings for training"
+        yield "data_dir", self.data_dir is None or (isinstance(self.data_dir, str)
+                                                    and self.data_dir.strip() != ""), \
+            "must be a path (leave it out for the embedded data)"
+        yield "max_dropped_fraction", finite_number(self.max_dropped_fraction, 0) and \
+            self.max_dropped_fraction <= 1, "must be a number from 0 to 1"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -177,7 +211,7 @@ class TrainerConfig(ConfigBase):
       seed: seeds the split, initialisation and shuffling: same seed and data, same model.
       deterministic: ask TensorFlow for deterministic ops (same seed, bit-identical model).
       log_dir: TensorBoard logs and best-epoch checkpoints go here; None disables both.
-      verbose: Keras progress output: 0 silent, 1 a progress bar, 2 one line per epoch.
+      verbose: progress output: 0 silent, 1 a progress bar, 2 one line per stage and per epoch.
     """
 
     epochs: int = 100
@@ -188,7 +222,7 @@ class TrainerConfig(ConfigBase):
     seed: int = 42
     deterministic: bool = True
     log_dir: str | None = None
-    verbose: int = 0
+    verbose: int = 2
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"optimizer": OPTIMIZERS}
 
@@ -202,7 +236,11 @@ class TrainerConfig(ConfigBase):
             "must be a whole number >= 0"
         yield "seed", whole_number(self.seed, 0) and self.seed < 2 ** 31, \
             "must be a whole number from 0 to 2**31 - 1"
-        yield "verbose", self.verbose in (0, 1, 2), "must be 0, 1 or 2"
+        yield "verbose", self.verbose in (0, 1, 2) and not isinstance(self.verbose, bool), \
+            "must be 0, 1 or 2"
+        yield "log_dir", self.log_dir is None or (isinstance(self.log_dir, str)
+                                                  and self.log_dir.strip() != ""), \
+            "must be a folder path, or None for no logs"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -230,6 +268,33 @@ def field_help(config_class: type) -> dict[str, str]:
                                  flags=re.M | re.S):
             found[match.group(1)] = " ".join(match.group(2).split())
     return found
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """What `value` should be (``"a whole number"``, ...) when it does not fit the type `hint` of
+    a config field, else None. Accepts ints where floats are expected; never bools for numbers."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, tuple) or any(type_problem(v, args[0]) for v in value):
+            return f"a list of {_TYPE_NAMES.get(args[0], args[0].__name__)}s"
+        return None
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
+_TYPE_NAMES = {int: "whole number", float: "number", str: "string"}
 
 
 def whole_number(value: Any, low: int) -> bool:

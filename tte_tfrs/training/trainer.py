@@ -13,13 +13,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tte_tfrs import paths
+from tte_tfrs.data.cleaning import check_dropped_share
 from tte_tfrs.data.dataset import Dataset, join_features
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.split import Splits, split_ratings
 from tte_tfrs.data.tfdata import make_tf_dataset, make_training_dataset
+from tte_tfrs.errors import ConfigError
 from tte_tfrs.evaluation import metrics
 from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
-from tte_tfrs.model.two_tower import RATING, TwoTowerRatingModel
+from tte_tfrs.model.two_tower import NON_FINITE_LOSS, RATING, TwoTowerRatingModel
 from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import checkpoint
 from tte_tfrs.training.config import TrainConfig
@@ -94,6 +97,57 @@ class EpochTimer(tf.keras.callbacks.Callback):
         self.seconds.append((self._stopped or time.perf_counter()) - self._started)
 
 
+class BestEpoch(tf.keras.callbacks.Callback):
+    """Keeps the state of the epoch with the lowest validation RMSE, weights and optimizer state
+    (Adagrad's accumulators, ...) together, and restores both when training ends, so the
+    checkpoint a warm start continues from belongs to the weights exported."""
+
+    def __init__(self):
+        super().__init__()
+        self.best = self.best_epoch = self.state = None
+        self.last_epoch = -1
+
+    def _variables(self):
+        return list(self.model.weights) + list(self.model.optimizer.variables)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        value = (logs or {}).get("val_rmse")
+        if value is not None and np.isfinite(value) and (self.best is None or value < self.best):
+            self.best, self.best_epoch = float(value), epoch
+            self.state = [v.numpy() for v in self._variables()]
+
+    def on_train_end(self, logs=None):
+        if self.state is not None and self.best_epoch != self.last_epoch:
+            for variable, value in zip(self._variables(), self.state):
+                variable.assign(value)
+
+
+class CurrentEpoch(tf.keras.callbacks.Callback):
+    """Remembers which epoch is running, for messages."""
+
+    epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+
+def diverged(config: TrainConfig, where: str) -> ConfigError:
+    """The error for a run whose loss or weights became NaN or infinite."""
+    return ConfigError(
+        f"training diverged: {where} became NaN or infinite (learning_rate={config.learning_rate:g}"
+        f", optimizer={config.optimizer}); nothing was exported. Lower learning_rate "
+        "(--learning_rate) or check that the ratings are on their usual scale",
+        field="learning_rate")
+
+
+def check_finite(model: TwoTowerRatingModel, config: TrainConfig) -> None:
+    """Raises the `diverged` error when any weight of `model` is NaN or infinite."""
+    for variable in model.weights:
+        if variable.dtype.is_floating and not np.isfinite(variable.numpy()).all():
+            raise diverged(config, f"weight {variable.name}")
+
+
 def make_optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
     optimizers = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
                   "sgd": tf.keras.optimizers.SGD, "rmsprop": tf.keras.optimizers.RMSprop}
@@ -115,17 +169,33 @@ def rmse_mae(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
 def start(config: TrainConfig, dataset: Dataset | None = None) -> tuple[Dataset, Splits, dict, dict]:
     """Seeds TensorFlow, loads the data if needed and splits it.
 
+    Everything that can be checked before training is: the config, the log folder (created and
+    written to), the data, and the share of rows the readers dropped
+    (``config.max_dropped_fraction``).
+
     Returns:
       (dataset, splits, train_columns, validation_columns).
+
+    Raises:
+      ConfigError: a bad setting or an unwritable log folder. DataError: unusable data.
     """
     config.validate()
+    if config.log_dir:
+        paths.writable_folder(config.log_dir, "log_dir")
     tf.keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if dataset is None:
+        if config.verbose:
+            print(f"Reading {config.data_dir or 'the embedded data'} ...", flush=True)
         dataset = load_dataset(config.data_dir, config.dataset)
+    check_dropped_share(dataset.report, config.max_dropped_fraction)
     splits = split_ratings(dataset, config.split, config.validation_fraction, config.test_fraction,
                            config.include_implicit, config.seed)
+    if config.verbose:
+        sizes = splits.sizes()
+        print(f"Preparing {sizes['train']:,} training, {sizes['validation']:,} validation and "
+              f"{sizes['test']:,} test ratings of {dataset.name} ...", flush=True)
     return (dataset, splits, join_features(splits.train, dataset),
             join_features(splits.validation, dataset))
 
@@ -146,12 +216,12 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
     model.compile(optimizer=make_optimizer(config))
     if optimizer_state:
         checkpoint.restore_optimizer(model, optimizer_state)
-    timer = EpochTimer()
-    callbacks = [timer]
+    timer, current = EpochTimer(), CurrentEpoch()
+    callbacks = [timer, current]
     if config.early_stopping_patience:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
-            monitor="val_rmse", mode="min", patience=config.early_stopping_patience,
-            restore_best_weights=True))
+            monitor="val_rmse", mode="min", patience=config.early_stopping_patience))
+        callbacks.append(BestEpoch())
     if config.log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
@@ -162,8 +232,14 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
     train_data = make_training_dataset(model.preprocess, train_columns, config.batch_size,
                                        shuffle=True, seed=config.seed)
     validation_data = make_training_dataset(model.preprocess, validation_columns, PREDICT_BATCH)
-    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
-                        callbacks=callbacks, verbose=config.verbose)
+    try:
+        history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
+                            callbacks=callbacks, verbose=config.verbose)
+    except tf.errors.InvalidArgumentError as exc:
+        if NON_FINITE_LOSS not in str(exc):
+            raise
+        raise diverged(config, f"the loss in epoch {current.epoch}") from None
+    check_finite(model, config)
     train_seconds = time.perf_counter() - started
     epochs_run = len(history.history.get("loss", []))
     examples = len(train_columns[RATING])
@@ -214,5 +290,7 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
     model = build_model(config, dataset, train_columns, global_mean)
     history, metrics = fit(model, config, train_columns, validation_columns)
     metrics.update(evaluate_splits(model, dataset, splits, validation_columns, global_mean))
+    if not all(np.isfinite(v) for v in metrics.values()):
+        raise diverged(config, "the test metrics")
     return TrainResult(model=model, config=config, dataset=dataset, splits=splits, metrics=metrics,
                        history=history)

@@ -5,7 +5,8 @@ by appending the new data's values (known values keep their rows, copied bit for
 the new data (continuing the parent's Adagrad accumulators; other optimizers start afresh), and is
 exported as the next version with the parent's catalogue, users and interactions carried over.
 Inputs that would poison the model are refused before anything is trained or written
-(`check_update`).
+(`check_update`, and the dropped-rows rule of every training run). New data with ratings only
+takes the parent's users and items tables (`with_parent_tables`).
 
 May import: tte_tfrs.data, tte_tfrs.model, tte_tfrs.training, tte_tfrs.exports.reader.
 """
@@ -18,11 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tte_tfrs.data.cleaning import OUT_OF_SCALE
 from tte_tfrs.data.dataset import Dataset, join_features
-from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.data.loader import full_schema, load_dataset
 from tte_tfrs.errors import ConfigError, TteError
-from tte_tfrs.exports.reader import ExportReader
+from tte_tfrs.exports.reader import ExportReader, read_consistent
 from tte_tfrs.model.two_tower import RATING
 from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import checkpoint
@@ -70,17 +70,14 @@ class Parent:
           ExportError: no export there, or a damaged one. UpdateRefusedError: the version has no
           checkpoint.
         """
-        reader = ExportReader(output_dir)
-        folder = reader.checkpoint_folder()
-        try:
-            vocabularies, weights = checkpoint.read_state(folder)
-        except FileNotFoundError as exc:
-            raise UpdateRefusedError(
-                f"version {reader.version} of {output_dir} cannot be continued: {exc} (it was "
-                "exported before checkpoints were written); train a new model instead") from None
-        return cls(output_dir, reader.version, reader.manifest, vocabularies, weights,
-                   checkpoint.read_optimizer_state(folder), reader.item_table.items,
-                   reader.users.reset_index(drop=True), reader.interactions())
+        def load(reader: ExportReader) -> Parent:
+            state = reader.checkpoint()
+            TrainConfig.from_manifest(reader.manifest, reader.path("manifest.json"))
+            return cls(output_dir, reader.version, reader.manifest, state.vocabularies,
+                       state.weights, state.optimizer_state, reader.item_table.items,
+                       reader.users.reset_index(drop=True), reader.interactions())
+
+        return read_consistent(output_dir, load)
 
     def input_kinds(self, model_name: str) -> dict[str, str]:
         inputs = self.manifest["signatures"][model_name]["inputs"]
@@ -92,7 +89,7 @@ class Parent:
         Raises:
           ConfigError: an override of a setting in `FIXED_BY_PARENT` or an unknown field.
         """
-        parent = TrainConfig.from_dict(self.manifest["config"])
+        parent = TrainConfig.from_manifest(self.manifest, f"{self.output_dir}/manifest.json")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         for key, value in overrides.items():
             if key not in known:
@@ -104,13 +101,32 @@ class Parent:
         return dataclasses.replace(parent, **overrides)
 
 
-def check_update(parent: Parent, dataset: Dataset, allow_invalid_ratings: bool = False) -> None:
-    """Refuses data that would poison an update of `parent`.
+def with_parent_tables(parent: Parent, dataset: Dataset) -> Dataset:
+    """New data without a side table the parent had (new ratings only) takes the parent's: its
+    feature schema and its users or items table, so known users and books keep their features.
+    Data with its own tables is returned as it is."""
+    schema = full_schema(dataset.name)
+    if schema is None:
+        return dataset
+    changes: dict[str, Any] = {}
+    for side, specs, table, kind, key in (
+            ("user_tower", schema[0], parent.users, "user_features", "users"),
+            ("item_tower", schema[1], parent.items, "item_features", "items")):
+        if len(getattr(dataset, key)):                       # the data brings its own table
+            continue
+        if {spec.name: spec.kind for spec in specs} == parent.input_kinds(side):
+            changes[kind] = specs
+            changes[key] = table[[spec.name for spec in specs]].reset_index(drop=True)
+    return dataclasses.replace(dataset, **changes) if changes else dataset
+
+
+def check_update(parent: Parent, dataset: Dataset) -> None:
+    """Refuses data that would poison an update of `parent`. (Unusable rows are refused by the
+    rule every training applies: `tte_tfrs.data.cleaning.check_dropped_share`.)
 
     Raises:
-      UpdateRefusedError: the features (schema) or rating scale differ from the parent's; the files
-        had ratings outside the scale (unless `allow_invalid_ratings`); or an item table that lists
-        less than half of the parent's catalogue.
+      UpdateRefusedError: the features (schema) or rating scale differ from the parent's, or an
+        item table that lists less than half of the parent's catalogue.
     """
     where = f"version {parent.version} of {parent.output_dir}"
     for model_name, specs in (("user_tower", dataset.user_features),
@@ -126,16 +142,6 @@ def check_update(parent: Parent, dataset: Dataset, allow_invalid_ratings: bool =
     if list(dataset.rating_scale) != scale:
         raise UpdateRefusedError(f"{dataset.source}: ratings on a {dataset.rating_scale} scale "
                                  f"cannot update {where}, trained on {tuple(scale)}")
-    if not allow_invalid_ratings:
-        for report in dataset.report.files:
-            for reason, count in report.dropped.items():
-                if OUT_OF_SCALE in reason:
-                    lines = ", ".join(map(str, report.examples.get(reason, [])))
-                    raise UpdateRefusedError(
-                        f"{report.path}: {count} rating(s) outside the scale {scale[0]:g}-"
-                        f"{scale[1]:g} (e.g. line {lines}); an update refuses such files: fix "
-                        "them, or allow_invalid_ratings (--allow_invalid_ratings) to drop those "
-                        "rows as a first training does")
     if len(dataset.items) and len(parent.items):
         kept = parent.items["item_id"].isin(dataset.items["item_id"]).mean()
         if kept < MIN_CATALOGUE_SHARE:
@@ -164,14 +170,14 @@ def data_added(parent: Parent, dataset: Dataset) -> dict[str, int]:
 
 
 def warm_start(output_dir: str, dataset: Dataset | None = None,
-               allow_invalid_ratings: bool = False, **overrides: Any) -> training.TrainResult:
+               **overrides: Any) -> training.TrainResult:
     """Continues the current version of `output_dir` on new data.
 
     Args:
       output_dir: an export root written by `tte_tfrs.export` (with checkpoints).
       dataset: the new data as a `Dataset`; None reads ``data_dir`` (an override) or, without one,
-        the parent's own data source again (e.g. its files with rows appended).
-      allow_invalid_ratings: drop ratings outside the scale instead of refusing the data.
+        the parent's own data source again (e.g. its files with rows appended). Data without a
+        users or items table (new ratings only) uses the parent's.
       **overrides: `TrainConfig` fields for this run (epochs, learning_rate, ...); the parent's
         values are used for the rest.
 
@@ -186,7 +192,8 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
     config = parent.config(**overrides)
     if dataset is None:
         dataset = load_dataset(config.data_dir, config.dataset)
-    check_update(parent, dataset, allow_invalid_ratings)
+    dataset = with_parent_tables(parent, dataset)
+    check_update(parent, dataset)
     dataset, splits, train_columns, validation_columns = training.start(config, dataset)
 
     specs = dataset.user_features + dataset.item_features
@@ -205,6 +212,8 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
                                     parent.optimizer_state)
     after = training.evaluate_splits(model, dataset, splits, validation_columns, global_mean,
                                      test_columns)
+    if not all(np.isfinite(v) for v in after.values()):
+        raise training.diverged(config, "the metrics after the update")
     metrics.update(after)
     update = {"parent_version": parent.version, "data_added": data_added(parent, dataset),
               "vocabulary_growth": growth, "metrics_before": before, "metrics_after": after}
