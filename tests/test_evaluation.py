@@ -59,3 +59,16 @@ def test_export_keeps_history_and_training_curve(exported, trained):
     assert len(history["rmse"]) == trained.metrics["epochs_run"]
     assert open(os.path.join(folder, "training_curve.png"), "rb").read(4) == b"\x89PNG"
     assert np.isfinite(history["total_loss"]).all()
+
+
+def test_evaluation_refuses_data_whose_split_changed(exported, tiny_data, tmp_path):
+    import shutil
+
+    from tte_tfrs.errors import DataError
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data[0], data)
+    with open(data / "Ratings.csv", "a", encoding="utf-8") as f:
+        f.write("3,0195153448,9\n")                      # one rating appended
+    with pytest.raises(DataError, match="split re-created from this data .* is not the one "
+                                        "version 1 was trained with"):
+        evaluate(EvaluationConfig(output_dir=exported.output_dir, data_dir=str(data)))

@@ -125,7 +125,7 @@ def test_a_pinned_reader_never_sees_a_half_version_while_exports_prune(root_copy
 
     # The same under real concurrency: a writer thread exports and prunes to one version while
     # this thread keeps reading; every read sees one complete version.
-    seen, failures = set(), []
+    seen, failures, reads = set(), [], 0
 
     def writer():
         export(trained, root_copy)
@@ -133,14 +133,16 @@ def test_a_pinned_reader_never_sees_a_half_version_while_exports_prune(root_copy
 
     thread = threading.Thread(target=writer)
     thread.start()
-    while thread.is_alive():
+    while thread.is_alive() or not reads:
         try:
             seen.add(read_consistent(root_copy, read_all, attempts=5)[0])
         except Exception as exc:                                 # noqa: BLE001
             failures.append(repr(exc))
+        reads += 1
         time.sleep(0.02)                                         # leave the writer the GIL too
     thread.join()
-    assert not failures
+    seen.add(read_consistent(root_copy, read_all)[0])
+    assert not failures and reads >= 2
     assert seen == {2, 3} and lifecycle.live_versions(root_copy) == [3]
 
 

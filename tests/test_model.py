@@ -83,15 +83,49 @@ def weights_of(result):
     return [w.numpy() for w in result.model.trainable_weights]
 
 
-def test_same_seed_same_model_other_seed_other_model(tiny_data):
-    first = train(tiny_config(tiny_data[0], epochs=2))
-    second = train(tiny_config(tiny_data[0], epochs=2))
+def test_same_seed_same_model_other_seed_other_model(tiny_data, capsys):
+    # Three runs, not two: a race that strikes one run in a few would otherwise pass by luck.
+    first, *again = [train(tiny_config(tiny_data[0], epochs=2)) for _ in range(3)]
     other = train(tiny_config(tiny_data[0], epochs=2, seed=43))
-    assert first.splits.test["line"].tolist() == second.splits.test["line"].tolist()
-    for a, b in zip(weights_of(first), weights_of(second)):
-        np.testing.assert_array_equal(a, b)
-    assert first.metrics["test_rmse"] == second.metrics["test_rmse"]
+    for second in again:
+        assert first.splits.test["line"].tolist() == second.splits.test["line"].tolist()
+        for a, b in zip(weights_of(first), weights_of(second)):
+            np.testing.assert_array_equal(a, b)
+        assert first.metrics["test_rmse"] == second.metrics["test_rmse"]
     assert first.splits.test["line"].tolist() != other.splits.test["line"].tolist()
+    printed = capsys.readouterr().out                      # train() shows progress by default
+    assert "Preparing 4," in printed and "Epoch 2/2" in printed
+
+
+def test_early_stopping_keeps_the_best_epochs_weights_and_optimizer_state(trained):
+    from tte_tfrs.training import checkpoint
+    from tte_tfrs.training.trainer import BestEpoch, build_model, fit
+    config = tiny_config(trained.config.data_dir, epochs=1, verbose=0)
+    columns = join_features(trained.splits.train.head(512), trained.dataset)
+    model = build_model(config, trained.dataset, columns, 7.0)
+    fit(model, config, columns, columns)                        # builds Adagrad's accumulators
+    state = lambda: [v.numpy().copy() for v in model.weights + model.optimizer.variables]  # noqa: E731
+    keeper = BestEpoch()
+    keeper.set_model(model)
+    keeper.on_epoch_end(0, {"val_rmse": 1.5})                   # the best epoch
+    best = state()
+    for variable in model.weights + model.optimizer.variables:  # a later, worse epoch
+        variable.assign(variable + tf.ones_like(variable))
+    keeper.on_epoch_end(1, {"val_rmse": 1.7})
+    keeper.on_train_end()
+    for kept, expected in zip(state(), best):
+        np.testing.assert_array_equal(kept, expected)
+    assert checkpoint._accumulators(model)                      # found by key, all of them
+
+
+def test_a_diverging_run_stops_with_a_message_and_nothing_is_exported(tiny_data, tmp_path, capsys):
+    from tte_tfrs.scripts import train as train_script
+    out = tmp_path / "models"
+    assert train_script.run(["tte-train", f"--data_dir={tiny_data[0]}", f"--output_dir={out}",
+                             "--learning_rate=1e30", "--verbose=0", "--epochs=2"]) == 2
+    assert ("--learning_rate: training diverged: the loss in epoch 1 became NaN or infinite"
+            in capsys.readouterr().err)
+    assert not (out / "manifest.json").exists() and not (out / "user_tower").exists()
 
 
 def test_implicit_ratings_are_excluded_unless_asked(tiny_data):

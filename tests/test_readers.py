@@ -240,3 +240,29 @@ def test_embedded_data_has_every_kind_of_mess():
             "ISBN normalised (spaces, punctuation, lower-case x removed)"} <= fixed
     assert ds.report.counts["ratings whose ISBN is not in the books table (kept)"] > 0
     assert ds.report.counts["ratings whose user is not in the users table (kept)"] > 0
+
+
+def test_year_buckets_do_not_depend_on_the_date():
+    from tte_tfrs.data import bookcrossing
+    (year,) = [s for s in bookcrossing.item_features(with_books=True) if s.name == "year"]
+    assert year.boundaries == bookcrossing.YEAR_BOUNDARIES and year.boundaries[-1] == 2026.0
+
+
+def test_unsafe_ids_are_dropped_and_counted(tmp_path):
+    folder = kaggle_folder(tmp_path, ratings="User-ID,ISBN,Book-Rating\n1,0195153448,8\n"
+                           f'2,"0195\n153448",7\n3,{"9" * 70},5\n' + "".join(
+                               f"{n},03454510{n:02d},6\n" for n in range(4, 40)))
+    ratings = file_report(load_dataset(folder), "Ratings.csv")
+    assert ratings.dropped["ISBN contains a control character (such as a line break)"] == 1
+    assert ratings.examples["ISBN is longer than 64 characters"] == [5]
+
+
+def test_a_ratings_file_alone_trains(tmp_path, capsys):
+    from tte_tfrs.scripts import train as train_script
+    folder = tmp_path / "ten"
+    folder.mkdir()
+    (folder / "Ratings.csv").write_text("User-ID,ISBN,Book-Rating\n" + "".join(
+        f"{n},00000000{n % 10},{n % 10 + 1}\n" for n in range(10)))
+    assert train_script.run(["tte-train", f"--data_dir={folder}", f"--output_dir={tmp_path / 'o'}",
+                             "--epochs=1", "--verbose=0"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "manifest.json").exists()

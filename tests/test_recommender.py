@@ -141,3 +141,15 @@ def test_index_and_recommend_scripts(exported, capsys):
     assert len(answer["recommendations"]) == 3 and answer["user_id"] == user
     assert recommend_script.run(["tte-recommend", *common, "--feature=age=abc"]) == 2
     assert "'age' must be a number" in capsys.readouterr().err
+
+
+def test_one_id_normalisation_for_every_lookup(recommender):
+    user = a_user_with_ratings(recommender)
+    for spelling in (f" {user} ", f"\t{user}\n", user):
+        assert recommender.has_user(spelling)
+        np.testing.assert_array_equal(recommender.rated_rows(spelling), recommender.rated_rows(user))
+        recs = recommender.recommend(spelling, k=5)
+        rated = {str(recommender.index.ids[row]) for row in recommender.rated_rows(user)}
+        assert recs == recommender.recommend(user, k=5) and not rated & {r.item_id for r in recs}
+    with pytest.raises(RecommendationError, match="control character"):
+        recommender.recommend(f"{user}\x00", k=5)

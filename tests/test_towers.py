@@ -118,3 +118,40 @@ def test_join_features_fills_unknowns(tiny_data):
     columns = join_features(ratings, dataset)
     assert columns["location"][0] == "" and np.isnan(columns["age"][0])
     assert columns["title"][0] == "" and columns["rating"][0] == 5.0
+
+
+HOSTILE_IDS = [" 3379 ", "\t3379\n", "3379\xa0", "\u30003379", "0-19-515344-8", "034542252x",
+               "ß0195", "ÿ12", "\v12\f", "  ", "", "abc def", "ｘ12", "İ1", "12\r"]
+
+
+@pytest.mark.parametrize("how", ["", "isbn"])
+def test_the_python_id_normalisation_is_the_graphs(how):
+    from tte_tfrs import ids
+    graph = strings(features.normalize_id(tf.constant(HOSTILE_IDS), how))
+    assert [ids.canonical_id(v, how) for v in HOSTILE_IDS] == graph
+    assert ids.canonical_ids(HOSTILE_IDS, how).tolist() == graph
+
+
+def test_unicode_text_is_tokenised_the_same_in_training_and_serving():
+    title = "Café Müller's Straße — l’été, ΑΘΗΝΑ 2"
+    tokens = [t.decode() for t in features.text_tokens(tf.constant([title]))[0].numpy()]
+    assert tokens == ["café", "müller", "straße", "l", "été", "αθηνα", "2"]
+    spec = FeatureSpec("title", "text")
+    vocabulary = build_vocabularies((spec,), {"title": np.array([title, title], dtype=object)}, 2,
+                                    100)["title"]
+    assert sorted(vocabulary) == sorted(tokens)
+    tower = Tower((spec,), {"title": vocabulary}, 4, ITEM)
+    serving = tower.encoders[0].preprocess(tf.constant([title, "CAFÉ MÜLLER", "caf m ller"]))
+    assert 0 not in serving[0].numpy()                        # every word has its own row
+    assert serving[1].numpy().tolist() == serving[0].numpy()[:2].tolist()
+    assert serving[2].numpy().tolist() == [0, 0, 0]           # the ASCII mangling is unknown
+    bad_bytes = features.text_tokens(tf.constant([b"caf\xe9 \xff"]))           # not UTF-8
+    assert len(bad_bytes[0]) == 1
+
+
+def test_an_empty_vocabulary_maps_everything_to_the_unknown_row():
+    spec = FeatureSpec("location", "location")
+    tower = Tower((FeatureSpec("user_id", "id"), spec), {"user_id": ["1"]}, 4, USER)
+    out = tower({"user_id": tf.constant(["1", "2"]), "location": tf.constant(["a, b, c", ""])})
+    assert out.shape == (2, 6)
+    assert tower.vocabularies()["location/country"] == []

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from tte_tfrs.data.cleaning import OUT_OF_SCALE
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.report import DataReport
-from tte_tfrs.errors import ConfigError
-from tte_tfrs.exports.layout import CHECKPOINT, MANIFEST
+from tte_tfrs.errors import ConfigError, DataError
+from tte_tfrs.exports.layout import MANIFEST
+from tte_tfrs.exports.reader import ExportReader
 from tte_tfrs.exports.writer import export
 from tte_tfrs.retrieval.building import build_index
 from tte_tfrs.retrieval.faiss_backends import IvfPqBackend
@@ -21,7 +23,13 @@ from tte_tfrs.scripts import train as train_script
 from tte_tfrs.serving.recommender import Recommender
 from tte_tfrs.training import checkpoint
 from tte_tfrs.training import trainer as training
-from tte_tfrs.training.warm_start import UpdateRefusedError, warm_start
+from tte_tfrs.training.warm_start import (
+    Parent,
+    UpdateRefusedError,
+    check_update,
+    warm_start,
+    with_parent_tables,
+)
 from tte_tfrs.workflows import update_and_export
 
 
@@ -60,7 +68,8 @@ def updated(parent, old_and_new, tmp_path_factory):
 
 
 def test_grown_tables_keep_old_rows_bit_for_bit(parent, old_and_new):
-    old_vocabularies, weights = checkpoint.read_state(os.path.join(parent, CHECKPOINT, "1"))
+    state = ExportReader(parent).checkpoint()
+    old_vocabularies, weights = state.vocabularies, state.weights
     grown, growth = checkpoint.grow_vocabularies(
         old_vocabularies, {"user_id": ["new-a", old_vocabularies["user_id"][0], "new-b"]})
     assert growth["user_id"] == [len(old_vocabularies["user_id"]),
@@ -85,7 +94,7 @@ def test_grown_tables_keep_old_rows_bit_for_bit(parent, old_and_new):
     assert np.abs(table[-2:] - old_table[0]).max() < 0.5  # near the old unknown-id row
 
     # Adagrad continues: old rows keep their accumulated squared gradients, new rows start fresh.
-    accumulators = checkpoint.read_optimizer_state(os.path.join(parent, CHECKPOINT, "1"))
+    accumulators = state.optimizer_state
     key = "user/user_id_embedding/embeddings:0"
     assert accumulators[key].shape == old_table.shape and accumulators[key].max() > 0.1001
     model.compile(optimizer=training.make_optimizer(config))
@@ -173,11 +182,21 @@ def _unchanged(out, manifest_bytes):
     assert sorted(os.listdir(os.path.join(out, "user_tower"))) == ["1"]
 
 
-def test_poisoning_inputs_are_refused_before_anything_changes(parent, old_and_new, tiny_data):
+def other_scale_folder(tmp_path):
+    """Ratings on a 1-100 scale: nearly all outside Book-Crossing's 0-10."""
+    folder = tmp_path / "other-scale"
+    folder.mkdir()
+    (folder / "Ratings.csv").write_text("User-ID,ISBN,Book-Rating\n" + "".join(
+        f"{n % 7 + 1},{n % 11:010d},{n % 90 + 11}\n" for n in range(200)))
+    return str(folder)
+
+
+def test_poisoning_inputs_are_refused_before_anything_changes(parent, old_and_new, tmp_path):
     manifest_bytes = open(os.path.join(parent, MANIFEST), "rb").read()
     new = old_and_new[1]
-    with pytest.raises(UpdateRefusedError, match=r"Ratings.csv: 2 rating\(s\) outside .*line"):
-        warm_start(parent, data_dir=tiny_data[0])          # the files hold ratings of 11 and -1
+    with pytest.raises(DataError, match=r"Ratings.csv, line 2: 200 of its 200 rows .* outside "
+                                        r"the rating scale .*--max_dropped_fraction"):
+        warm_start(parent, data_dir=other_scale_folder(tmp_path))
     _unchanged(parent, manifest_bytes)
 
     fewer = dataclasses.replace(new, user_features=new.user_features[:-1])
@@ -198,10 +217,31 @@ def test_poisoning_inputs_are_refused_before_anything_changes(parent, old_and_ne
     _unchanged(parent, manifest_bytes)
 
 
-def test_train_script_refuses_a_poisoning_update_with_a_message(parent, tiny_data, capsys):
+def test_train_script_refuses_a_poisoning_update_with_a_message(parent, tmp_path, capsys):
     manifest_bytes = open(os.path.join(parent, MANIFEST), "rb").read()
     assert train_script.run(["tte-train", f"--warm_start_from={parent}",
-                             f"--data_dir={tiny_data[0]}", "--verbose=0"]) == 2
+                             f"--data_dir={other_scale_folder(tmp_path)}", "--verbose=0"]) == 2
     error = capsys.readouterr().err
-    assert "outside the scale 0-10" in error and "--allow_invalid_ratings" in error
+    assert "outside the rating scale 0-10" in error and "--max_dropped_fraction" in error
     _unchanged(parent, manifest_bytes)
+
+
+def test_one_policy_for_out_of_scale_rows_and_ratings_only_updates_take_the_parents_tables(
+        parent, old_and_new, tiny_data):
+    # The embedded-style data has a few ratings outside the scale: a first training drops and
+    # counts them, and so does an update (no refusal: one policy for both).
+    dataset = load_dataset(tiny_data[0])
+    assert any(OUT_OF_SCALE in reason for f in dataset.report.files for reason in f.dropped)
+    loaded = Parent.load(parent)
+    check_update(loaded, with_parent_tables(loaded, dataset))
+    # New ratings only (no books file) continue a parent that had one: the parent's item schema
+    # and table are used, so nothing is refused and known books keep their features.
+    new = old_and_new[1]
+    ratings_only = dataclasses.replace(new, items=new.items.iloc[:0][["item_id"]],
+                                       item_features=new.item_features[:1])
+    with pytest.raises(UpdateRefusedError, match="item features .* differ"):
+        check_update(loaded, ratings_only)
+    adopted = with_parent_tables(loaded, ratings_only)
+    check_update(loaded, adopted)
+    assert [s.name for s in adopted.item_features] == [s.name for s in new.item_features]
+    assert len(adopted.items) == len(loaded.items) and "title" in adopted.items

@@ -55,11 +55,11 @@ def clean_ids(frame, column, how, report, label):
     `tte_tfrs.ids.MAX_ID_CHARS`, or holding a control character such as a line break, which would
     not survive a line-per-id file) are dropped, as are ids left empty; both are counted.
     """
+    frame = frame.assign(**{column: ids.canonical_ids(frame[column], how).to_numpy(dtype=object)})
     problems = ids.id_problems(frame[column])
     for reason in problems.dropna().unique():
         frame = frame[_drop(frame, (problems == reason).to_numpy(), report, f"{label} {reason}")]
         problems = problems[problems != reason]
-    frame = frame.assign(**{column: ids.canonical_ids(frame[column], how).to_numpy(dtype=object)})
     keep = _drop(frame, frame[column].eq("").to_numpy(), report,
                  f"{label} is empty" if not how else f"{label} has no letters or digits")
     return frame[keep]

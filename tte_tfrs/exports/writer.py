@@ -206,13 +206,16 @@ def check_exportable(result, catalogue, users):
             raise ExportError(f"weight {variable.name} is NaN or infinite: the training diverged; "
                               "nothing was exported (lower learning_rate and train again)")
     for what, values in (("item id", catalogue["item_id"]), ("user id", users["user_id"])):
+        values = pd.Series(values, dtype=object).astype(str).reset_index(drop=True)
         problems = ids.id_problems(values)
+        problems[problems.isna() & (ids.canonical_ids(values) != values)] = \
+            "has surrounding white space (not in the form tte_tfrs.ids.canonical_id gives)"
         bad = problems.notna().to_numpy()
         if bad.any():
-            value = np.asarray(values, dtype=object)[bad][0]
-            raise ExportError(f"{what} {str(value)[:40]!r} {problems[bad].iloc[0]}; ids must be at "
-                              f"most {ids.MAX_ID_CHARS} characters without control characters: "
-                              "nothing was exported")
+            raise ExportError(f"{what} {values[bad].iloc[0][:40]!r} {problems[bad].iloc[0]}; ids "
+                              f"must be canonical, at most {ids.MAX_ID_CHARS} characters, without "
+                              "control characters (load data with tte_tfrs.load_dataset): nothing "
+                              "was exported")
 
 
 def _export_locked(result, output_dir, version, retrieval_k):

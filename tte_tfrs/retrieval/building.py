@@ -66,6 +66,7 @@ def _save(reader: ExportReader, index: ItemIndex, backend: str, **extra: Any) ->
     """Saves `index` for the reader's version and records it in that version's manifest."""
     root, version = reader.root, reader.version
     with lifecycle.writer_lock(root):
+        lifecycle.repair(root)                     # every writer first repairs a killed one's leftovers
         manifest = ExportReader(root).manifest
         if manifest["version"] != version:
             raise lifecycle.LifecycleError(f"{root} changed version while the index was built; "

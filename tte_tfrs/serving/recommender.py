@@ -53,10 +53,11 @@ def normalize_user_id(user_id: Any) -> str | None:
     """
     if user_id is None:
         return None
-    problem = ids.id_problem(user_id)
+    canonical = ids.canonical_id(user_id)
+    problem = ids.id_problem(canonical)
     if problem:
-        raise RecommendationError(f"user id {str(user_id)[:40]!r} {problem}")
-    return ids.canonical_id(user_id)
+        raise RecommendationError(f"user id {canonical[:40]!r} {problem}")
+    return canonical
 
 
 class Recommender:
