@@ -12,6 +12,8 @@
 
 import re
 
+FORMAT_VERSION = 1             # of the export folder; a reader refuses folders of a newer format
+
 MODELS = ("user_tower", "item_tower", "scorer", "retrieval")   # SavedModels TF Serving serves
 EMBEDDINGS = "item_embeddings"
 USERS = "users"

@@ -42,6 +42,7 @@ from tte_tfrs.exports.layout import (
     CHECKPOINT,
     EMBEDDINGS,
     EMBEDDINGS_FILE,
+    FORMAT_VERSION,
     INDEX_ROOT,
     ITEM_IDS_FILE,
     ITEMS_FILE,
@@ -171,6 +172,11 @@ def validate_manifest(manifest: Any, path: str) -> dict:
     if missing:
         raise ExportError(f"{path}: not an export manifest: missing {', '.join(missing)}")
     check_version(manifest["version"], path)
+    written_format = manifest.get("format_version", 1)
+    if isinstance(written_format, bool) or not isinstance(written_format, int) or \
+            written_format > FORMAT_VERSION:
+        raise ExportError(f"{path}: export format {written_format!r:.40} was written by a newer "
+                          f"tte_tfrs (this one reads up to format {FORMAT_VERSION}); upgrade tte_tfrs")
     problems = _manifest_problems(manifest)
     if problems:
         raise ExportError(f"{path}: damaged manifest: {problems[0]}")

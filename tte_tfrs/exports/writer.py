@@ -44,6 +44,7 @@ from tte_tfrs.exports.layout import (
     CURVE_FILE,
     EMBEDDINGS,
     EMBEDDINGS_FILE,
+    FORMAT_VERSION,
     HISTORY_FILE,
     ITEM_IDS_FILE,
     ITEMS_FILE,
@@ -55,7 +56,6 @@ from tte_tfrs.exports.layout import (
 from tte_tfrs.training import checkpoint
 
 RETRIEVAL_K = 100
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass
