@@ -178,3 +178,5 @@ def test_one_id_normalisation_for_every_lookup(recommender):
         assert recs == recommender.recommend(user, k=5) and not rated & {r.item_id for r in recs}
     with pytest.raises(RecommendationError, match="control character"):
         recommender.recommend(f"{user}\x00", k=5)
+    with pytest.raises(RecommendationError, match="longer than 64 characters"):
+        recommender.recommend("9" * 65, {"age": 30}, k=5)
