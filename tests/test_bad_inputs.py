@@ -228,10 +228,14 @@ def test_bad_index_and_recommend_flags(tmp_path, capsys, script, flags, expected
 
 
 def test_paths_expand_the_home_folder(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    write(str(tmp_path / "data"), "Ratings.csv", "wrong\n")
-    assert train_script.run(["tte-train", "--data_dir=~/data", "--output_dir=~/out"]) == 2
-    assert f"{tmp_path}/data/Ratings.csv, line 1" in capsys.readouterr().err
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    write(str(tmp_path / "home" / "data"), "Ratings.csv", "wrong\n")
+    assert train_script.run(["tte-train", "--data_dir=~/data", "--output_dir=~/out",
+                             "--tensorboard_dir=$HOME/logs"]) == 2
+    assert f"{tmp_path}/home/data/Ratings.csv, line 1" in capsys.readouterr().err
+    assert (tmp_path / "home" / "out").is_dir() and (tmp_path / "home" / "logs").is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["home"]                # no folder named ~ or $HOME
 
 
 # -- hostile export folders ---------------------------------------------------------------------
