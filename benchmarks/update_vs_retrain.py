@@ -87,11 +87,9 @@ def main(argv):
     base_rmse = rmse_on(base.model, dataset, held_out)
     _, base_index_seconds = timed(build_index, os.path.join(work, "updated"))
 
-    # The archive's one rating of 11 was dropped (and counted) on reading; the update data is
-    # a subset of that read, so the refusal of out-of-scale files is waived here on purpose.
+    # The archive's one rating of 11 was dropped (and counted) on reading, as an update drops it.
     update, update_seconds = timed(warm_start, os.path.join(work, "updated"),
-                                   dataset=with_ratings(later), allow_invalid_ratings=True,
-                                   seed=FLAGS.seed)
+                                   dataset=with_ratings(later), seed=FLAGS.seed)
     _, update_export_seconds = timed(export, update, os.path.join(work, "updated"))
     update_rmse = rmse_on(update.model, dataset, held_out)
     refreshed, refresh_seconds = timed(refresh_indexes, os.path.join(work, "updated"),
