@@ -2,6 +2,6 @@
 over one exported version. May import: tte_tfrs.exports.reader, tte_tfrs.retrieval.
 """
 
-from tte_tfrs.serving.recommender import Recommendation, RecommendationError, Recommender
+from tte_tfrs.serving.recommender import Recommendation, RecommendationError, Recommender, UserQuery
 
-__all__ = ["Recommendation", "RecommendationError", "Recommender"]
+__all__ = ["Recommendation", "RecommendationError", "Recommender", "UserQuery"]

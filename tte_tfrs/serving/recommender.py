@@ -6,6 +6,7 @@ May import: tte_tfrs.exports (the reader), tte_tfrs.retrieval.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,19 @@ class Recommendation:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class UserQuery:
+    """One user's validated tower inputs (from `Recommender.prepare`).
+
+    Attributes:
+      user_id: the normalised user id, or None for a new user given by features only.
+      inputs: one value per user tower input, already of the input's type.
+    """
+
+    user_id: str | None
+    inputs: dict[str, Any]
+
+
 def normalize_user_id(user_id: Any) -> str | None:
     """The one form of a user id every lookup uses: a string without surrounding white space."""
     return None if user_id is None else str(user_id).strip()
@@ -71,20 +85,21 @@ class Recommender:
     @classmethod
     def load(cls, output_dir: str, backend: str = DEFAULT_BACKEND,
              search_params: Mapping[str, Any] | None = None,
-             build_if_missing: bool = True) -> Recommender:
-        """Loads the current export of `output_dir` and its `backend` index.
+             build_if_missing: bool = True, version: int | None = None) -> Recommender:
+        """Loads the current export of `output_dir` (or `version`) and its `backend` index.
 
         Args:
           output_dir: an export root written by tte-train.
           backend: ``faiss-ivfpq``, ``scann``, ``faiss-hnsw`` or ``exact``.
           search_params: search-time overrides for the backend, e.g. ``{"nprobe": 64}``.
           build_if_missing: build the index in memory (with default settings) when none was saved.
+          version: the version to load; None means the current one (``manifest.json``).
 
         Raises:
           ExportError: no export there, or a damaged one. IndexMismatchError: the saved index
           belongs to other embeddings. ConfigError: unknown backend, or ScaNN not installed.
         """
-        reader = ExportReader(output_dir)
+        reader = ExportReader(output_dir, version)
         table = reader.item_table
         folder = reader.index_folder(backend)
         if os.path.exists(folder) or not build_if_missing:
@@ -146,6 +161,54 @@ class Recommender:
                 values[name] = "" if value is None or _is_nan(value) else str(value)
         return values
 
+    def prepare(self, user_id: Any = None, features: Mapping[str, Any] | None = None) -> UserQuery:
+        """One request's user, validated once (see `recommend`), for the ``*_queries`` methods.
+
+        Raises:
+          RecommendationError: unknown user without features, unknown feature or bad value.
+        """
+        return UserQuery(normalize_user_id(user_id), self.user_features(user_id, features))
+
+    def has_item(self, item_id: Any) -> bool:
+        """Whether `item_id` is in this version's catalogue."""
+        return str(item_id) in self._item_rows
+
+    def item_rows(self, item_ids: Sequence[Any]) -> np.ndarray:
+        """Catalogue rows of `item_ids`, in their order.
+
+        Raises:
+          RecommendationError: an id that is not in the catalogue.
+        """
+        rows = [self._item_rows.get(str(item_id), -1) for item_id in item_ids]
+        unknown = [str(i) for i, row in zip(item_ids, rows) if row < 0]
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise RecommendationError(f"{len(unknown)} unknown item id(s): {shown}; not in this "
+                                      f"version's catalogue of {self.catalogue_size} items")
+        return np.asarray(rows, dtype=np.int64)
+
+    @functools.cached_property
+    def _item_rows(self) -> dict[str, int]:
+        return {str(item_id): row for row, item_id in enumerate(self.index.ids)}
+
+    def embed_queries(self, queries: Sequence[UserQuery]) -> np.ndarray:
+        """User embeddings float32 [len(queries), dim]: one user tower call."""
+        if not queries:
+            return np.zeros((0, self.index.embeddings.shape[1]), np.float32)
+        return self.user_embeddings([q.inputs for q in queries])
+
+    def score(self, user_id: Any = None, features: Mapping[str, Any] | None = None,
+              item_ids: Sequence[Any] = ()) -> np.ndarray:
+        """Predicted ratings of one user for `item_ids` (float32, in their order): the exact dot
+        product of the user's and each item's embedding, as the exported scorer computes.
+
+        Raises:
+          RecommendationError: a bad user (see `recommend`) or an unknown item id.
+        """
+        rows = self.item_rows(item_ids)
+        query = self.embed_queries([self.prepare(user_id, features)])[0]
+        return self.index.embeddings[rows] @ query
+
     def user_embeddings(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """User embeddings [len(requests), dim] for a list of feature dicts from `user_features`."""
         inputs = {}
@@ -179,20 +242,26 @@ class Recommender:
                         features: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, exclude_rated: bool = True) -> list[list[Recommendation]]:
         """`recommend` for many users at once: one tower call and one batched search."""
-        k = self._check_k(k)
+        k = self.check_k(k)
         count = len(user_ids if user_ids is not None else features)
-        user_ids = ([normalize_user_id(u) for u in user_ids] if user_ids is not None
-                    else [None] * count)
+        user_ids = list(user_ids) if user_ids is not None else [None] * count
         features = list(features) if features is not None else [None] * count
         if len(user_ids) != len(features):
             raise RecommendationError(f"{len(user_ids)} user ids but {len(features)} feature sets")
-        if count == 0:
+        return self.recommend_queries([self.prepare(u, f) for u, f in zip(user_ids, features)],
+                                      k, exclude_rated)
+
+    def recommend_queries(self, queries: Sequence[UserQuery], k: int = 10,
+                          exclude_rated: bool = True) -> list[list[Recommendation]]:
+        """`recommend_batch` for users already validated by `prepare`: one tower call and one
+        batched search; the same answers as `recommend` for each user alone."""
+        k = self.check_k(k)
+        if not queries:
             return []
-        requests = [self.user_features(u, f) for u, f in zip(user_ids, features)]
-        queries = self.user_embeddings(requests)
-        excluded = [self.rated_rows(u) if exclude_rated and u is not None else np.zeros(0, np.int64)
-                    for u in user_ids]
-        scores, rows = self.index.search(queries, k, excluded)
+        embeddings = self.embed_queries(queries)
+        excluded = [self.rated_rows(q.user_id) if exclude_rated and q.user_id is not None
+                    else np.zeros(0, np.int64) for q in queries]
+        scores, rows = self.index.search(embeddings, k, excluded)
         results = []
         for query_scores, query_rows in zip(scores, rows):
             valid = query_rows >= 0
@@ -202,7 +271,12 @@ class Recommender:
                                                                  query_rows[valid]))])
         return results
 
-    def _check_k(self, k: Any) -> int:
+    def check_k(self, k: Any) -> int:
+        """`k` as an int, checked to be a whole number from 1 to the catalogue size.
+
+        Raises:
+          RecommendationError: anything else.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise RecommendationError(f"k must be a whole number, got {k!r}")
         if not 1 <= k <= self.catalogue_size:
