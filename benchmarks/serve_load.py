@@ -30,7 +30,7 @@ import time
 import urllib.request
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCUSTFILE = os.path.join(ROOT, "benchmarks", "serve_locustfile.py")
@@ -59,7 +59,8 @@ FLAGS = flags.FLAGS
 
 
 def env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+                TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def answers_of(recommender, users, k):
@@ -79,7 +80,7 @@ def role_inprocess():
     import tte_tfrs  # noqa: F401
     from tte_tfrs.serving.recommender import Recommender
     recommender = Recommender.load(FLAGS.output_dir, backend=FLAGS.backend,
-                                   build_if_missing=False)
+                                   build_if_missing=True)
     rng = np.random.default_rng(FLAGS.seed)
     pool = recommender.users_with_ratings
     users = [str(u) for u in rng.choice(pool, size=min(FLAGS.users, len(pool)), replace=False)]
@@ -122,6 +123,7 @@ def role_writer():
     config = TrainConfig.from_dict(dict(ExportReader(FLAGS.output_dir).manifest["config"],
                                         epochs=FLAGS.writer_epochs, seed=FLAGS.seed + 1,
                                         early_stopping_patience=0))
+    logging.set_verbosity(logging.ERROR)
     result = train(config)
     print("trained", flush=True)
     sys.stdin.readline()
@@ -133,7 +135,7 @@ def role_writer():
     print(json.dumps({"version": version, **times}), flush=True)
     users = json.load(open(FLAGS.users_file))
     recommender = Recommender.load(FLAGS.output_dir, backend=FLAGS.backend, version=version,
-                                   build_if_missing=False)
+                                   build_if_missing=True)
     with open(FLAGS.answers_out, "w") as f:
         json.dump({str(version): answers_of(recommender, users, FLAGS.k)}, f)
     print("done", flush=True)

@@ -2,6 +2,7 @@
 follows new versions and rollbacks while answering, reports a version that fails to load, refuses
 bad requests with 4xx and a message, and schemathesis finds no server error in its OpenAPI schema."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -165,6 +166,10 @@ BAD_REQUESTS = [
     ("/v1/recommend", b"{not json", 400, "malformed JSON body"),
     ("/v1/recommend", b"[1, 2]", 422, "the body must be a JSON object, got an array"),
     ("/v1/recommend", b"x" * 5000, 413, "request body over the limit of 4096 bytes"),
+    ("/v1/recommend", b'{"features": {"location": "\\ud800"}}', 422, "not valid Unicode text"),
+    ("/v1/recommend", b'{"features": {"\\ud800": 1}}', 422, "unknown user feature(s) \\ud800"),
+    ("/v1/recommend", b'{"features": {"age": 1' + b"0" * 400 + b"}}", 422,
+     "'age' must be a number"),
     ("/v1/recommend/batch", {"users": [{"features": {"age": 3}}, {"user_id": "nobody"}]}, 422,
      "users[1]: unknown user id 'nobody'"),
     ("/v1/recommend/batch", {"users": []}, 422, "users: List should have at least 1 item"),
@@ -252,3 +257,24 @@ def test_schemathesis_finds_no_server_error(service, tmp_path):
          "--generation-database", "none", "--workers", "1", "--request-timeout", "20"],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_a_new_version_waits_for_its_index_then_a_failed_load_keeps_the_old_one(exported,
+                                                                               tmp_path):
+    from tte_tfrs.serving.config import ServeConfig
+    from tte_tfrs.serving.versions import VersionManager
+    folder = str(tmp_path / "models")
+    shutil.copytree(exported.output_dir, folder)
+    manager = VersionManager(ServeConfig(output_dir=folder, backend="faiss-hnsw",
+                                         index_wait_s=600))
+    assert manager.load_current().version == 1
+    lifecycle.write_manifest(folder, dict(exported.manifest, version=2))   # no index, no folders
+    manager.poll()
+    state = manager.state()
+    assert state["version"] == 1 and state["waiting_for_index"] == 2 and not state["last_failure"]
+    manager.config = dataclasses.replace(manager.config, index_wait_s=0)
+    manager.poll()
+    state = manager.state()
+    assert state["version"] == 1 and state["last_failure"]["version"] == 2
+    assert manager.current.version == 1
+    assert manager.metrics.registry.get_sample_value("tte_serve_last_failed_version") == 2

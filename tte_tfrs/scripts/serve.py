@@ -58,7 +58,8 @@ def main(values: flags.FlagValues) -> int:
     recommender = manager.load_current()              # a folder that cannot be served: exit 2
     server = uvicorn.Server(uvicorn.Config(create_app(manager, config), host=config.host,
                                            port=config.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=10))
+                                           access_log=False, proxy_headers=False,
+                                           timeout_graceful_shutdown=10))
     if config.exit_after_s:
         timer = threading.Timer(config.exit_after_s, lambda: setattr(server, "should_exit", True))
         timer.daemon = True

@@ -73,8 +73,10 @@ def _user_id(value: Any) -> str | int:
 def _feature_value(value: Any) -> str | int | float | None:
     if value is None or isinstance(value, str) and len(value) <= MAX_VALUE_CHARS:
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    if isinstance(value, float) and math.isfinite(value):
         return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value                          # any size: the tower reads it as float32
     if isinstance(value, str):
         raise ValueError(f"must be at most {MAX_VALUE_CHARS} characters")
     raise ValueError(f"must be a string, a finite number or null, got {_json_type(value)}")
@@ -291,7 +293,8 @@ def create_app(manager: VersionManager, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "version": exc.version}, status_code=exc.status)
+        return JSONResponse({"error": printable(exc.message), "version": exc.version},
+                            status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -309,7 +312,7 @@ def create_app(manager: VersionManager, config: ServeConfig) -> FastAPI:
             return JSONResponse({"error": "the body must be a JSON object sent with Content-Type: "
                                  f"application/json (got {content_type or 'no Content-Type'}; "
                                  "with curl use --json)", "version": version}, status_code=400)
-        return JSONResponse({"error": "; ".join(describe(e) for e in errors[:5]),
+        return JSONResponse({"error": printable("; ".join(describe(e) for e in errors[:5])),
                              "version": version}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -407,6 +410,12 @@ def create_app(manager: VersionManager, config: ServeConfig) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def printable(message: str) -> str:
+    """`message` with anything UTF-8 cannot encode (unpaired surrogates from a request's JSON)
+    escaped, so an answer about bad text never fails itself."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def describe(error: dict[str, Any]) -> str:

@@ -79,7 +79,11 @@ class Recommender:
         self.index = index
         self._titles = reader.item_table.titles
         self._specs = reader.user_inputs()
-        self._users = reader.users
+        users = reader.users
+        # Known users' stored features as plain arrays and an id -> row map: one request reads
+        # one row without building a pandas Series (which costs about a millisecond).
+        self._user_row = {str(u): n for n, u in enumerate(users["user_id"])}
+        self._user_columns = {name: users[name].to_numpy(dtype=object) for name in users.columns}
         self._rated: RatedItems = reader.rated
 
     @classmethod
@@ -120,7 +124,7 @@ class Recommender:
 
     def has_user(self, user_id: Any) -> bool:
         """Whether `user_id` is one of the export's known users (with stored features)."""
-        return normalize_user_id(user_id) in self._users.index
+        return normalize_user_id(user_id) in self._user_row
 
     @property
     def catalogue_size(self) -> int:
@@ -141,8 +145,9 @@ class Recommender:
         row = {}
         if user_id is not None:
             user_id = normalize_user_id(user_id)
-            if user_id in self._users.index:
-                row = self._users.loc[user_id].to_dict()
+            position = self._user_row.get(user_id)
+            if position is not None:
+                row = {name: column[position] for name, column in self._user_columns.items()}
             elif len(features) == 0:
                 raise RecommendationError(
                     f"unknown user id {user_id!r}: not in this export's users. Give the user's "
@@ -158,7 +163,7 @@ class Recommender:
             if spec["dtype"] == "float32":
                 values[name] = _as_float(name, value)
             else:
-                values[name] = "" if value is None or _is_nan(value) else str(value)
+                values[name] = "" if value is None or _is_nan(value) else _as_text(name, value)
         return values
 
     def prepare(self, user_id: Any = None, features: Mapping[str, Any] | None = None) -> UserQuery:
@@ -262,13 +267,13 @@ class Recommender:
         excluded = [self.rated_rows(q.user_id) if exclude_rated and q.user_id is not None
                     else np.zeros(0, np.int64) for q in queries]
         scores, rows = self.index.search(embeddings, k, excluded)
-        results = []
+        ids, titles, results = self.index.ids, self._titles, []
         for query_scores, query_rows in zip(scores, rows):
-            valid = query_rows >= 0
-            results.append([Recommendation(rank=n + 1, item_id=str(self.index.ids[row]),
-                                           score=float(score), title=str(self._titles[row]))
-                            for n, (score, row) in enumerate(zip(query_scores[valid],
-                                                                 query_rows[valid]))])
+            valid = query_rows >= 0                    # lists: no numpy scalar per item
+            results.append([Recommendation(rank=n + 1, item_id=str(ids[row]), score=score,
+                                           title=str(titles[row]))
+                            for n, (score, row) in enumerate(zip(query_scores[valid].tolist(),
+                                                                 query_rows[valid].tolist()))])
         return results
 
     def check_k(self, k: Any) -> int:
@@ -294,6 +299,16 @@ def _as_float(name: str, value: Any) -> float:
         return float("nan")
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RecommendationError(f"user feature {name!r} must be a number (float32), got "
                                   f"{value!r}") from None
+
+
+def _as_text(name: str, value: Any) -> str:
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecommendationError(f"user feature {name!r} is not valid Unicode text (it holds an "
+                                  f"unpaired surrogate): {text!r}") from None
+    return text

@@ -141,8 +141,9 @@ class VersionManager:
             self._record_failure(target, str(exc))
             return
         if not has_index:
-            with self._lock:
-                first_seen = self._waiting.setdefault(target, time.monotonic())
+            with self._lock:                      # only the version the manifest names waits
+                first_seen = self._waiting.get(target, time.monotonic())
+                self._waiting = {target: first_seen}
             if time.monotonic() - first_seen < self.config.index_wait_s:
                 return
         try:
@@ -177,7 +178,7 @@ class VersionManager:
         self._current = recommender                          # the swap: one reference assignment
         with self._lock:
             self._loaded_at = time.time()
-            self._waiting.pop(version, None)
+            self._waiting = {}
             self._failures.pop(version, None)
             self._history = (self._history + [{"version": version, "loaded_at": self._loaded_at,
                                                "seconds": round(seconds, 3)}])[-10:]
@@ -195,7 +196,8 @@ class VersionManager:
             repeated = version in self._failures and self._failures[version][1] == message
             self._failures[version] = (now, message)
             self._last_failure = {"version": version, "error": message, "at": time.time()}
-        self.metrics.failed(version)
+        if version is not None or not repeated:      # an unreadable manifest counts once
+            self.metrics.failed(version)
         if not repeated:
             log.error("version %s cannot be served: %s; %s", version, message,
                       f"still serving version {serving}" if serving else "nothing is serving")
