@@ -284,7 +284,8 @@ def orchestrate():
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             after = server_stats(base)
             run = {"concurrency": concurrency,
-                   **summarise(read_records(record), answers, FLAGS.warmup_s)}
+                   **summarise(read_records(record), answers, FLAGS.warmup_s),
+                   "load_average_1m": os.getloadavg()[0]}
             batches = after["tte_serve_batch_size_count"] - before["tte_serve_batch_size_count"]
             run["mean_batch"] = ((after["tte_serve_batch_size_sum"]
                                   - before["tte_serve_batch_size_sum"]) / max(batches, 1))
@@ -301,6 +302,7 @@ def orchestrate():
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+    results["load_average_1m_end"] = os.getloadavg()[0]
     table = markdown(results)
     print(table)
     if FLAGS.markdown:
@@ -387,22 +389,24 @@ def markdown(results):
              f"{base['users']:,} known users asked in turn; server on CPU {results['server_cpus']}, "
              f"locust on CPU {results['client_cpus']}.", "",
              "| client | concurrency | recommendations/s | p50 ms | p90 ms | p99 ms | failed | "
-             "wrong | mean micro-batch |", "|---|---|---|---|---|---|---|---|---|",
+             "wrong | mean micro-batch | machine load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              f"| in process, `recommend` one user at a time | 1 | {base['per_s']:,.0f} | "
-             f"{base['p50_ms']:.2f} | – | {base['p99_ms']:.2f} | – | – | – |",
+             f"{base['p50_ms']:.2f} | – | {base['p99_ms']:.2f} | – | – | – | – |",
              f"| in process, `recommend_batch` of 32 | – | {base['batch32_per_s']:,.0f} | – | – | – "
-             "| – | – | 32 |"]
+             "| – | – | 32 | – |"]
     for run in results["runs"]:
         lines.append(f"| HTTP, locust | {run['concurrency']} | {run['per_s']:,.0f} | "
                      f"{run['p50_ms']:.2f} | {run['p90_ms']:.2f} | {run['p99_ms']:.2f} | "
                      f"{run['failed']} of {run['requests']:,} | {run['wrong']} | "
-                     f"{run['mean_batch']:.1f} |")
+                     f"{run['mean_batch']:.1f} | {run['load_average_1m']:.1f} |")
     swap = results.get("swap")
     if swap:
         lines.append(f"| HTTP, locust, export + index + rollback under load | "
                      f"{FLAGS.swap_concurrency} | {swap['requests'] / swap['window_s']:,.0f} | "
                      f"{swap['p50_ms']:.2f} | {swap['p90_ms']:.2f} | {swap['p99_ms']:.2f} | "
-                     f"{swap['failed']} of {swap['requests']:,} | {swap['wrong']} | – |")
+                     f"{swap['failed']} of {swap['requests']:,} | {swap['wrong']} | – | "
+                     f"{results['load_average_1m_end']:.1f} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,6 @@ May import: tte_tfrs.data, tte_tfrs.model, tte_tfrs.evaluation.metrics, tte_tfrs
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -154,9 +153,6 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
             restore_best_weights=True))
     if config.log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
-        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
-            os.path.join(config.log_dir, "checkpoints", "epoch-{epoch:03d}"),
-            save_weights_only=True, monitor="val_rmse", mode="min", save_best_only=True))
 
     started = time.perf_counter()
     train_data = make_training_dataset(model.preprocess, train_columns, config.batch_size,
