@@ -111,14 +111,36 @@ class UserSpec(BaseModel):
     features: Features = Field(default_factory=dict, description=FEATURES_DOC)
 
 
-def request_models(config: ServeConfig) -> dict[str, type[BaseModel]]:
-    """The request bodies, with the service's limits in their schema."""
+def features_schema(user_inputs: dict[str, dict]) -> dict[str, Any]:
+    """The JSON schema of ``features`` naming the user tower's inputs (of the version loaded when
+    the service started; validation itself follows the version answering)."""
+    kinds = {"float32": {"type": "number"}}
+    return {"type": "object", "maxProperties": MAX_FEATURES,
+            "properties": {name: {"anyOf": [kinds.get(spec.get("dtype"), {
+                "type": "string", "maxLength": MAX_VALUE_CHARS}), {"type": "null"}]}
+                for name, spec in user_inputs.items()}}
+
+
+def request_models(config: ServeConfig,
+                   user_inputs: dict[str, dict] | None = None) -> dict[str, type[BaseModel]]:
+    """The request bodies, with the service's limits (and the user features of `user_inputs`,
+    when given) in their schema."""
+    User = UserSpec
+    if user_inputs:
+        known = WithJsonSchema(features_schema(user_inputs))
+
+        class User(UserSpec):
+            """One user: a known id, raw features of a new user, or both."""
+
+            features: Annotated[Features, known] = Field(default_factory=dict,
+                                                         description=FEATURES_DOC)
+
     K = Annotated[int, Field(strict=True, ge=1, le=config.max_k,
                              description="How many items (at most the catalogue size).")]
     ExcludeRated = Annotated[bool, Field(strict=True,
                                          description="Skip items the user has rated.")]
 
-    class RecommendRequest(UserSpec):
+    class RecommendRequest(User):
         """Top-k items for one user."""
 
         k: K = 10
@@ -128,17 +150,18 @@ def request_models(config: ServeConfig) -> dict[str, type[BaseModel]]:
         """Top-k items for each of several users."""
 
         model_config = ConfigDict(extra="forbid")
-        users: Annotated[list[UserSpec], Field(min_length=1, max_length=config.max_batch_users)]
+        users: Annotated[list[User], Field(min_length=1, max_length=config.max_batch_users)]
         k: K = 10
         exclude_rated: ExcludeRated = True
 
-    class ScoreRequest(UserSpec):
+    class ScoreRequest(User):
         """Predicted ratings of one user for some items."""
 
         item_ids: Annotated[list[UserId], Field(min_length=1, max_length=config.max_score_items,
                                                 description="Catalogue item ids.")]
 
-    return {"recommend": RecommendRequest, "batch": BatchRequest, "score": ScoreRequest}
+    return {"user": User, "recommend": RecommendRequest, "batch": BatchRequest,
+            "score": ScoreRequest}
 
 
 # ---- answers --------------------------------------------------------------------------------
@@ -246,9 +269,10 @@ def create_app(manager: VersionManager, config: ServeConfig) -> FastAPI:
     lets requests in flight finish, then stops both.
     """
     metrics = manager.metrics
-    models = request_models(config)
-    RecommendRequest, BatchRequest, ScoreRequest = (models["recommend"], models["batch"],
-                                                    models["score"])
+    current = manager.current
+    models = request_models(config, current.reader.user_inputs() if current else None)
+    UserRequest, RecommendRequest, BatchRequest, ScoreRequest = (
+        models["user"], models["recommend"], models["batch"], models["score"])
     state: dict[str, MicroBatcher] = {}
 
     @contextlib.asynccontextmanager
@@ -357,7 +381,7 @@ def create_app(manager: VersionManager, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS,
               summary="The user tower's embedding of one user")
-    def embed(body: UserSpec) -> dict[str, Any]:
+    def embed(body: UserRequest) -> dict[str, Any]:
         recommender = serving()
         embedding = recommender.embed_queries([prepare(recommender, body)])[0]
         return {"version": recommender.version, "user_id": user_id_of(body),

@@ -17,6 +17,7 @@ May import: tte_tfrs.exports.reader, tte_tfrs.serving (recommender, config, metr
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -173,9 +174,15 @@ class VersionManager:
         finally:
             with self._lock:
                 self._loading = None
-        seconds = time.monotonic() - started
         previous = self._current
         self._current = recommender                          # the swap: one reference assignment
+        # Collect the replaced version's cycles once, here in the loader thread, then freeze what
+        # is loaded: the collector never walks the model's objects again while serving, so no
+        # long full collection pauses a request.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        seconds = time.monotonic() - started
         with self._lock:
             self._loaded_at = time.time()
             self._waiting = {}
