@@ -33,8 +33,10 @@ class Version:
 
     def __init__(self, version, release):
         self.version, self.release, self.calls = version, release, []
+        self.entered = threading.Event()
 
     def recommend_queries(self, queries, k, exclude_rated):
+        self.entered.set()
         self.release.wait(5)                     # hold the first batch until all are queued
         self.calls.append(len(queries))
         return [(self.version, k, exclude_rated, query) for query in queries]
@@ -47,13 +49,15 @@ def test_requests_are_batched_and_answered_by_the_version_they_started_with():
 
     async def ask():
         first = asyncio.ensure_future(batcher.recommend(old, "u0", 5, True))
-        await asyncio.sleep(0.05)                 # the worker now holds u0 in its first batch
+        while not old.entered.is_set():           # the worker holds u0 alone in its first batch
+            await asyncio.sleep(0.001)
         rest = [batcher.recommend(version, f"u{n}", k, exclude)
                 for n, (version, k, exclude) in enumerate(
                     [(old, 5, True), (new, 5, True), (old, 3, True), (new, 5, True),
                      (old, 5, False), (old, 5, True)], start=1)]
         pending = asyncio.gather(first, *rest)
-        await asyncio.sleep(0.05)
+        for _ in range(3):                        # each request runs up to its queue.put
+            await asyncio.sleep(0)
         release.set()
         return await pending
 
