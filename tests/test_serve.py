@@ -281,3 +281,12 @@ def test_a_new_version_waits_for_its_index_then_a_failed_load_keeps_the_old_one(
     assert state["version"] == 1 and state["last_failure"]["version"] == 2
     assert manager.current.version == 1
     assert manager.metrics.registry.get_sample_value("tte_serve_last_failed_version") == 2
+
+
+def test_script_refuses_bad_flags_and_folders_with_a_message(tmp_path, capsys):
+    from tte_tfrs.scripts import serve
+    assert serve.run(["tte-serve", "--help"]) == 0 and "--index_wait_s" in capsys.readouterr().out
+    assert serve.run(["tte-serve", f"--output_dir={tmp_path}"]) == 2
+    assert "holds no export" in capsys.readouterr().err
+    assert serve.run(["tte-serve", "--port=70000"]) == 2
+    assert "--port: port must be in 0..65535" in capsys.readouterr().err
