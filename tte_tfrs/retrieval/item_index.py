@@ -118,9 +118,14 @@ class ItemIndex:
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         excluded = [np.asarray(e, np.int64) for e in (exclude_rows or [()] * len(queries))]
-        most_excluded = max((len(e) for e in excluded), default=0)
-        wanted = candidates or self.candidates_for(k, most_excluded)
-        _, rows = self.backend.search(queries, min(int(wanted), len(self.ids)))
+        own = np.asarray([min(int(candidates or self.candidates_for(k, len(e))), len(self.ids))
+                          for e in excluded], dtype=np.int64)
+        most = int(own.max()) if len(own) else min(int(candidates or self.candidates_for(k)),
+                                                   len(self.ids))
+        _, rows = self.backend.search(queries, most)
+        # Each query keeps only as many candidates as it would get alone, so its answer does not
+        # depend on the other queries of the batch (their exclusions widen the search).
+        rows = np.where(np.arange(rows.shape[1])[None, :] < own[:, None], rows, -1)
         scores = self._exact_scores(queries, rows, excluded)
         order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=1)
         rows = np.take_along_axis(rows, order, axis=1)[:, :k]

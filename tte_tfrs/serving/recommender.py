@@ -6,6 +6,7 @@ May import: tte_tfrs.exports (the reader), tte_tfrs.retrieval.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,19 @@ class Recommendation:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class UserQuery:
+    """One user's validated tower inputs (from `Recommender.prepare`).
+
+    Attributes:
+      user_id: the normalised user id, or None for a new user given by features only.
+      inputs: one value per user tower input, already of the input's type.
+    """
+
+    user_id: str | None
+    inputs: dict[str, Any]
+
+
 def normalize_user_id(user_id: Any) -> str | None:
     """The one form of a user id every lookup uses (`tte_tfrs.ids.canonical_id`, the twin of the
     user tower's own normalisation).
@@ -77,20 +91,25 @@ class Recommender:
         self.index = index
         self._titles = reader.item_table.titles
         self._specs = reader.user_inputs()
-        self._users = reader.users
+        users = reader.users
+        # Known users' stored features as plain arrays and an id -> row map: one request reads
+        # one row without building a pandas Series (which costs about a millisecond).
+        self._user_row = {str(u): n for n, u in enumerate(users["user_id"])}
+        self._user_columns = {name: users[name].to_numpy(dtype=object) for name in users.columns}
         self._rated: RatedItems = reader.rated
 
     @classmethod
     def load(cls, output_dir: str, backend: str = DEFAULT_BACKEND,
              search_params: Mapping[str, Any] | None = None,
-             build_if_missing: bool = True) -> Recommender:
-        """Loads the current export of `output_dir` and its `backend` index.
+             build_if_missing: bool = True, version: int | None = None) -> Recommender:
+        """Loads the current export of `output_dir` (or `version`) and its `backend` index.
 
         Args:
           output_dir: an export root written by tte-train.
           backend: ``faiss-ivfpq``, ``scann``, ``faiss-hnsw`` or ``exact``.
           search_params: search-time overrides for the backend, e.g. ``{"nprobe": 64}``.
           build_if_missing: build the index in memory (with default settings) when none was saved.
+          version: the version to load; None means the current one (``manifest.json``).
 
         Raises:
           ExportError: no export there, or a damaged one. IndexMismatchError: the saved index
@@ -109,6 +128,8 @@ class Recommender:
                                    "one in memory (save it with tte-index)")
             return cls(reader, load_signature(reader, "user_tower"), index)   # reads users, rated
 
+        if version is not None:                  # a pinned version: no retry on another one
+            return load(ExportReader(output_dir, version))
         return read_consistent(output_dir, load)
 
     @property
@@ -118,7 +139,7 @@ class Recommender:
 
     def has_user(self, user_id: Any) -> bool:
         """Whether `user_id` is one of the export's known users (with stored features)."""
-        return normalize_user_id(user_id) in self._users.index
+        return normalize_user_id(user_id) in self._user_row
 
     @property
     def catalogue_size(self) -> int:
@@ -139,8 +160,9 @@ class Recommender:
         row = {}
         if user_id is not None:
             user_id = normalize_user_id(user_id)
-            if user_id in self._users.index:
-                row = self._users.loc[user_id].to_dict()
+            position = self._user_row.get(user_id)
+            if position is not None:
+                row = {name: column[position] for name, column in self._user_columns.items()}
             elif len(features) == 0:
                 raise RecommendationError(
                     f"unknown user id {user_id!r}: not in this export's users. Give the user's "
@@ -158,6 +180,54 @@ class Recommender:
             else:
                 values[name] = _as_text(name, value)
         return values
+
+    def prepare(self, user_id: Any = None, features: Mapping[str, Any] | None = None) -> UserQuery:
+        """One request's user, validated once (see `recommend`), for the ``*_queries`` methods.
+
+        Raises:
+          RecommendationError: unknown user without features, unknown feature or bad value.
+        """
+        return UserQuery(normalize_user_id(user_id), self.user_features(user_id, features))
+
+    def has_item(self, item_id: Any) -> bool:
+        """Whether `item_id` is in this version's catalogue."""
+        return str(item_id) in self._item_rows
+
+    def item_rows(self, item_ids: Sequence[Any]) -> np.ndarray:
+        """Catalogue rows of `item_ids`, in their order.
+
+        Raises:
+          RecommendationError: an id that is not in the catalogue.
+        """
+        rows = [self._item_rows.get(str(item_id), -1) for item_id in item_ids]
+        unknown = [str(i) for i, row in zip(item_ids, rows) if row < 0]
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise RecommendationError(f"{len(unknown)} unknown item id(s): {shown}; not in this "
+                                      f"version's catalogue of {self.catalogue_size} items")
+        return np.asarray(rows, dtype=np.int64)
+
+    @functools.cached_property
+    def _item_rows(self) -> dict[str, int]:
+        return {str(item_id): row for row, item_id in enumerate(self.index.ids)}
+
+    def embed_queries(self, queries: Sequence[UserQuery]) -> np.ndarray:
+        """User embeddings float32 [len(queries), dim]: one user tower call."""
+        if not queries:
+            return np.zeros((0, self.index.embeddings.shape[1]), np.float32)
+        return self.user_embeddings([q.inputs for q in queries])
+
+    def score(self, user_id: Any = None, features: Mapping[str, Any] | None = None,
+              item_ids: Sequence[Any] = ()) -> np.ndarray:
+        """Predicted ratings of one user for `item_ids` (float32, in their order): the exact dot
+        product of the user's and each item's embedding, as the exported scorer computes.
+
+        Raises:
+          RecommendationError: a bad user (see `recommend`) or an unknown item id.
+        """
+        rows = self.item_rows(item_ids)
+        query = self.embed_queries([self.prepare(user_id, features)])[0]
+        return self.index.embeddings[rows] @ query
 
     def user_embeddings(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """User embeddings [len(requests), dim] for a list of feature dicts from `user_features`."""
@@ -192,30 +262,41 @@ class Recommender:
                         features: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, exclude_rated: bool = True) -> list[list[Recommendation]]:
         """`recommend` for many users at once: one tower call and one batched search."""
-        k = self._check_k(k)
+        k = self.check_k(k)
         count = len(user_ids if user_ids is not None else features)
-        user_ids = ([normalize_user_id(u) for u in user_ids] if user_ids is not None
-                    else [None] * count)
+        user_ids = list(user_ids) if user_ids is not None else [None] * count
         features = list(features) if features is not None else [None] * count
         if len(user_ids) != len(features):
             raise RecommendationError(f"{len(user_ids)} user ids but {len(features)} feature sets")
-        if count == 0:
+        return self.recommend_queries([self.prepare(u, f) for u, f in zip(user_ids, features)],
+                                      k, exclude_rated)
+
+    def recommend_queries(self, queries: Sequence[UserQuery], k: int = 10,
+                          exclude_rated: bool = True) -> list[list[Recommendation]]:
+        """`recommend_batch` for users already validated by `prepare`: one tower call and one
+        batched search; the same answers as `recommend` for each user alone."""
+        k = self.check_k(k)
+        if not queries:
             return []
-        requests = [self.user_features(u, f) for u, f in zip(user_ids, features)]
-        queries = self.user_embeddings(requests)
-        excluded = [self.rated_rows(u) if exclude_rated and u is not None else np.zeros(0, np.int64)
-                    for u in user_ids]
-        scores, rows = self.index.search(queries, k, excluded)
-        results = []
+        embeddings = self.embed_queries(queries)
+        excluded = [self.rated_rows(q.user_id) if exclude_rated and q.user_id is not None
+                    else np.zeros(0, np.int64) for q in queries]
+        scores, rows = self.index.search(embeddings, k, excluded)
+        ids, titles, results = self.index.ids, self._titles, []
         for query_scores, query_rows in zip(scores, rows):
-            valid = query_rows >= 0
-            results.append([Recommendation(rank=n + 1, item_id=str(self.index.ids[row]),
-                                           score=float(score), title=str(self._titles[row]))
-                            for n, (score, row) in enumerate(zip(query_scores[valid],
-                                                                 query_rows[valid]))])
+            valid = query_rows >= 0                    # lists: no numpy scalar per item
+            results.append([Recommendation(rank=n + 1, item_id=str(ids[row]), score=score,
+                                           title=str(titles[row]))
+                            for n, (score, row) in enumerate(zip(query_scores[valid].tolist(),
+                                                                 query_rows[valid].tolist()))])
         return results
 
-    def _check_k(self, k: Any) -> int:
+    def check_k(self, k: Any) -> int:
+        """`k` as an int, checked to be a whole number from 1 to the catalogue size.
+
+        Raises:
+          RecommendationError: anything else.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise RecommendationError(f"k must be a whole number, got {k!r}")
         if not 1 <= k <= self.catalogue_size:
