@@ -26,12 +26,17 @@ class InputFile:
     name: str
     opener: object
     in_archive: bool = False
+    stream_opener: object = None        # returns a binary file object (reading in chunks)
 
     def read_bytes(self):
         try:
             return self.opener()
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
             raise DataError(self.display, f"cannot be read ({exc}); is the file complete?") from exc
+
+    def size(self):
+        """Uncompressed size in bytes (a gzip file: its compressed size), or None."""
+        return self.stream_opener.size if self.stream_opener is not None else None
 
 
 def _bare_name(name):
@@ -49,13 +54,34 @@ def _zip_members(zip_path, display_prefix):
         raise DataError(zip_path, f"is not a readable zip archive ({exc})") from exc
     with archive:
         names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
     found = []
     for member in names:
         def opener(member=member):
             with zipfile.ZipFile(zip_path) as z:
                 return z.read(member)
-        found.append(InputFile(f"{display_prefix}:{member}", _bare_name(member), opener, True))
+        stream = _Stream(lambda member=member: _open_member(zip_path, member), sizes.get(member))
+        found.append(InputFile(f"{display_prefix}:{member}", _bare_name(member), opener, True,
+                               stream))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    """Opens a file for reading in chunks; `size` is its (uncompressed, when known) byte count."""
+
+    open: object
+    size: int | None
+
+    def __call__(self):
+        return self.open()
+
+
+def _open_member(zip_path, member):
+    archive = zipfile.ZipFile(zip_path)
+    stream = archive.open(member)
+    stream.archive = archive        # keeps the archive open as long as the member is read
+    return stream
 
 
 def list_input_files(path):
@@ -95,12 +121,14 @@ def _entries_for_file(full):
         def opener(full=full):
             with gzip.open(full, "rb") as f:
                 return f.read()
-        return [InputFile(full, _bare_name(full), opener)]
+        stream = _Stream(lambda: gzip.open(full, "rb"), os.path.getsize(full))
+        return [InputFile(full, _bare_name(full), opener, stream_opener=stream)]
 
     def opener(full=full):
         with open(full, "rb") as f:
             return f.read()
-    return [InputFile(full, _bare_name(full), opener)]
+    stream = _Stream(lambda: open(full, "rb"), os.path.getsize(full))
+    return [InputFile(full, _bare_name(full), opener, stream_opener=stream)]
 
 
 def decode_text(data, file_report, preferred="utf-8"):
@@ -144,7 +172,21 @@ def parse_delimited(text, input_file, file_report, expected_header, delimiter, e
     Raises:
       DataError: the header does not match, naming the file, line 1 and the expected columns.
     """
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
+    chunks = iter_delimited(io.StringIO(text, newline=""), input_file, file_report,
+                            expected_header, delimiter, escapechar, has_header)
+    return next(chunks)
+
+
+def iter_delimited(lines, input_file, file_report, expected_header, delimiter, escapechar=None,
+                   has_header=True, chunk_rows=None):
+    """`parse_delimited` over an iterable of text lines, yielding (columns, lines) chunks of at
+    most `chunk_rows` rows (all rows in one chunk when None); counts go to `file_report` as the
+    chunks are read, so a file read in chunks is reported exactly as one read whole.
+
+    Raises:
+      DataError: the header does not match, naming the file, line 1 and the expected columns.
+    """
+    reader = csv.reader(lines, delimiter=delimiter, quotechar='"',
                         escapechar=escapechar, doublequote=True, strict=False)
     width = len(expected_header)
     if has_header:
@@ -159,19 +201,26 @@ def parse_delimited(text, input_file, file_report, expected_header, delimiter, e
                 f"expected the columns {delimiter.join(expected_header)!r} "
                 f"(separated by {delimiter!r}), found {delimiter.join(header)!r}",
                 line=1)
-    columns = [[] for _ in range(width)]
-    lines = []
-    bad_lines = []
-    for row in reader:
-        if len(row) == width:
-            for column, value in zip(columns, row):
-                column.append(value)
-            lines.append(reader.line_num)
-        elif row and any(field.strip() for field in row):
-            bad_lines.append(reader.line_num)
-    file_report.rows_read += len(lines) + len(bad_lines)
-    file_report.drop(f"malformed line (expected {width} fields)", bad_lines)
-    return columns, lines
+    while True:
+        columns = [[] for _ in range(width)]
+        lines_kept = []
+        bad_lines = []
+        for row in reader:
+            if len(row) == width:
+                for column, value in zip(columns, row):
+                    column.append(value)
+                lines_kept.append(reader.line_num)
+            elif row and any(field.strip() for field in row):
+                bad_lines.append(reader.line_num)
+            if chunk_rows is not None and len(lines_kept) >= chunk_rows:
+                break
+        file_report.rows_read += len(lines_kept) + len(bad_lines)
+        file_report.drop(f"malformed line (expected {width} fields)", bad_lines)
+        if chunk_rows is not None and not lines_kept:      # the end of the file
+            return
+        yield columns, lines_kept
+        if chunk_rows is None:
+            return
 
 
 def _norm(name):

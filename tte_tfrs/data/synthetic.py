@@ -145,7 +145,8 @@ def generate(config=SyntheticConfig()):
     age = np.array([rng.integers(*AGE_GROUPS[g]) for g in age_group])
     user_factor = country_factor[country] + age_factor[age_group] + rng.normal(0, 0.4, (config.n_users, d))
     user_bias = country_bias[country] + rng.normal(0.0, 0.6, config.n_users)
-    user_ids = np.sort(rng.choice(np.arange(1, 10 * config.n_users), config.n_users, replace=False))
+    # Drawing from a range by its size (not np.arange) gives the same numbers without the array.
+    user_ids = np.sort(1 + rng.choice(10 * config.n_users - 1, config.n_users, replace=False))
 
     # Authors and books.
     n_authors = max(config.n_items // 8, len(genre_names))
@@ -158,7 +159,7 @@ def generate(config=SyntheticConfig()):
     genre = author_genre[author]
     item_factor = genre_factor[genre] + author_factor[author] + rng.normal(0, 0.3, (config.n_items, d))
     item_bias = author_bias[author] + rng.normal(0.0, 0.4, config.n_items)
-    isbn_numbers = rng.choice(np.arange(10**8, 10**9), config.n_items, replace=False)
+    isbn_numbers = 10**8 + rng.choice(9 * 10**8, config.n_items, replace=False)
     isbns = [f"0{n}" if k % 11 else f"0{str(n)[:-1]}X" for k, n in enumerate(isbn_numbers)]
     years = rng.integers(1950, 2005, config.n_items)
 

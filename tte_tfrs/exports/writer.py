@@ -154,6 +154,15 @@ def interactions_of(result):
     return pairs.drop_duplicates()
 
 
+def users_and_rated(result, item_ids):
+    """(known users' table, who rated what); a streamed data set (ratings on disk) computes both
+    chunk by chunk."""
+    streamed = getattr(result.dataset, "export_users", None)
+    if streamed is not None and result.parent is None:
+        return streamed(item_ids)
+    return users_of(result), rated_items(interactions_of(result), item_ids)
+
+
 def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
     """Writes the towers, scorer, item embeddings, models.config and manifest of a `TrainResult`.
 
@@ -232,9 +241,9 @@ def _export_locked(result, output_dir, version, retrieval_k):
 
         folder = os.path.join(staging, USERS)
         os.makedirs(folder)
-        users_of(result).to_csv(os.path.join(folder, "users.csv"), index=False)
-        np.savez(os.path.join(folder, "rated.npz"),
-                 **rated_items(interactions_of(result), catalogue["item_id"].tolist()))
+        users, rated = users_and_rated(result, catalogue["item_id"].tolist())
+        users.to_csv(os.path.join(folder, "users.csv"), index=False)
+        np.savez(os.path.join(folder, "rated.npz"), **rated)
         checkpoint_files = checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
 
         paths = {}

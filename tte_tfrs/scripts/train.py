@@ -6,6 +6,8 @@ Examples:
   tte-train --data_dir=ml-100k --dataset=movielens --split=u1
   tte-train --warm_start_from=saved_models --data_dir=new_ratings/   # next version, updated
   tte-train --rollback=saved_models           # make the previous version current again
+  TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker",
+    "index": 0}}' tte-train --strategy=multi_worker   # the same command on every worker
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tte_tfrs.workflows import train_and_export, update_and_export
 PROGRAM = "tte-train"
 # TrainConfig fields that are not flags: log_dir is --tensorboard_dir (default OUTPUT_DIR/logs).
 NOT_FLAGS = ("log_dir",)
+BACKUP = ".backup"          # BackupAndRestore's folder under OUTPUT_DIR when a strategy is set
 
 
 def define_flags(values: flags.FlagValues) -> None:
@@ -75,7 +78,10 @@ def main(values: flags.FlagValues) -> int:
     else:
         output_dir = cli.expand_path(values.output_dir)
         settings = cli.config_values(values, TrainConfig)
-        settings["data_dir"] = cli.expand_path(settings["data_dir"])
+        for name in ("data_dir", "streaming_dir", "backup_dir"):
+            settings[name] = cli.expand_path(settings[name])
+        if settings["strategy"] != "none" and not settings["backup_dir"]:
+            settings["backup_dir"] = os.path.join(output_dir, BACKUP)
         train_and_export(TrainConfig(**settings, log_dir=_log_dir(values, output_dir)),
                          output_dir)
     if values.keep_versions:

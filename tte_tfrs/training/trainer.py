@@ -112,16 +112,21 @@ def rmse_mae(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     return metrics.rmse(truth, predicted), metrics.mae(truth, predicted)
 
 
+def seed_process(config: TrainConfig) -> None:
+    """Validates `config` and seeds TensorFlow (deterministic ops when asked)."""
+    config.validate()
+    tf.keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
 def start(config: TrainConfig, dataset: Dataset | None = None) -> tuple[Dataset, Splits, dict, dict]:
     """Seeds TensorFlow, loads the data if needed and splits it.
 
     Returns:
       (dataset, splits, train_columns, validation_columns).
     """
-    config.validate()
-    tf.keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    seed_process(config)
     if dataset is None:
         dataset = load_dataset(config.data_dir, config.dataset)
     splits = split_ratings(dataset, config.split, config.validation_fraction, config.test_fraction,
@@ -146,6 +151,21 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
     model.compile(optimizer=make_optimizer(config))
     if optimizer_state:
         checkpoint.restore_optimizer(model, optimizer_state)
+    timer, callbacks = make_callbacks(config)
+
+    started = time.perf_counter()
+    train_data = make_training_dataset(model.preprocess, train_columns, config.batch_size,
+                                       shuffle=True, seed=config.seed)
+    validation_data = make_training_dataset(model.preprocess, validation_columns, PREDICT_BATCH)
+    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
+                        callbacks=callbacks, verbose=config.verbose)
+    return fit_summary(history.history, timer, len(train_columns[RATING]),
+                       time.perf_counter() - started)
+
+
+def make_callbacks(config: TrainConfig) -> tuple[EpochTimer, list]:
+    """(the epoch timer, every callback of a fit): early stopping on validation RMSE (best weights
+    kept) and, with ``log_dir``, TensorBoard logs and best-epoch checkpoints."""
     timer = EpochTimer()
     callbacks = [timer]
     if config.early_stopping_patience:
@@ -157,22 +177,19 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             os.path.join(config.log_dir, "checkpoints", "epoch-{epoch:03d}"),
             save_weights_only=True, monitor="val_rmse", mode="min", save_best_only=True))
+    return timer, callbacks
 
-    started = time.perf_counter()
-    train_data = make_training_dataset(model.preprocess, train_columns, config.batch_size,
-                                       shuffle=True, seed=config.seed)
-    validation_data = make_training_dataset(model.preprocess, validation_columns, PREDICT_BATCH)
-    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
-                        callbacks=callbacks, verbose=config.verbose)
-    train_seconds = time.perf_counter() - started
-    epochs_run = len(history.history.get("loss", []))
-    examples = len(train_columns[RATING])
+
+def fit_summary(history: dict, timer: EpochTimer, examples: int,
+                train_seconds: float) -> tuple[dict, dict]:
+    """(history as plain floats, the fit metrics `fit` documents) of a finished Keras fit."""
+    epochs_run = len(history.get("loss", []))
     # The first epoch also traces the step function; later ones show the steady training rate.
-    steady = float(np.median(timer.seconds[1:] or timer.seconds))
+    steady = float(np.median(timer.seconds[1:] or timer.seconds or [train_seconds]))
     fit_metrics = {"epochs_run": epochs_run, "train_seconds": round(train_seconds, 3),
                    "train_examples_per_second": round(epochs_run * examples / train_seconds),
                    "epoch_examples_per_second": round(examples / steady)}
-    return {k: [float(x) for x in v] for k, v in history.history.items()}, fit_metrics
+    return {k: [float(x) for x in v] for k, v in history.items()}, fit_metrics
 
 
 def evaluate_splits(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits,
@@ -209,6 +226,9 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
       DataError: the data cannot be read. ConfigError: the config does not fit the data.
     """
     config = config if config is not None else TrainConfig()
+    from tte_tfrs.training import scaled  # a strategy or streamed data: scaled.train
+    if scaled.uses_scaled_path(config, dataset):
+        return scaled.train(config, dataset)
     dataset, splits, train_columns, validation_columns = start(config, dataset)
     global_mean = float(np.mean(train_columns[RATING]))
     model = build_model(config, dataset, train_columns, global_mean)
