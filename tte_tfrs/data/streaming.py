@@ -194,6 +194,8 @@ def read_streamed(path: str | None = None, dataset: str = "auto", work_dir: str 
     ratings_file, users_file, books_file, sep, escape = bx.find_tables(files, layout, path)
     report = DataReport()
     item_specs = bx.item_features(books_file is not None)
+    if work_dir:
+        os.makedirs(work_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="tte-stream-", dir=work_dir)
     try:
         chunk_files, dropped = _read_ratings(ratings_file, sep, escape, report, item_specs[0],

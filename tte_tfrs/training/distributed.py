@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tte_tfrs.errors import ConfigError
+from tte_tfrs.errors import ConfigError, TteError
 from tte_tfrs.model.two_tower import TwoTowerRatingModel
 from tte_tfrs.training import checkpoint
 
@@ -227,12 +227,79 @@ def distribute(strategy: tf.distribute.Strategy,
     return make(tf.distribute.InputContext())
 
 
-def backup_callback(backup_dir: str | None) -> list:
-    """[BackupAndRestore] when `backup_dir` is set: each epoch's end is saved, and a restarted run
-    resumes from it (the backup is deleted when training finishes)."""
+class WorkerLostError(TteError, RuntimeError):
+    """A process of the cluster stopped answering; the others cannot go on without it."""
+
+
+LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+        tf.errors.DeadlineExceededError)
+
+
+def backup_callbacks(backup_dir: str | None, role: Role) -> list:
+    """[BackupAndRestore, HistoryBackup] when `backup_dir` is set: each epoch's end is saved, and a
+    run restarted with the same command resumes after the last saved epoch (the backup is
+    deleted when training finishes)."""
     if not backup_dir:
         return []
-    return [tf.keras.callbacks.BackupAndRestore(backup_dir=backup_dir, save_freq="epoch")]
+    return [tf.keras.callbacks.BackupAndRestore(backup_dir=backup_dir, save_freq="epoch"),
+            HistoryBackup(backup_dir, role.is_chief)]
+
+
+class HistoryBackup(tf.keras.callbacks.Callback):
+    """Keeps every epoch's logs next to BackupAndRestore's checkpoint (``history.json``, written
+    by the chief), so a restarted run's history also has the epochs before the restart."""
+
+    def __init__(self, backup_dir: str, writes: bool):
+        super().__init__()
+        self.path = os.path.join(backup_dir, "history.json")
+        self.writes = writes
+        self.epochs: dict = {}
+
+    def on_train_begin(self, logs=None):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.epochs = {int(k): v for k, v in json.load(f).items()}
+        except (OSError, ValueError):
+            self.epochs = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[epoch] = {k: float(v) for k, v in (logs or {}).items()
+                              if np.ndim(v) == 0 and np.isfinite(float(v))}
+        if self.writes:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            staged = self.path + ".tmp"
+            with open(staged, "w", encoding="utf-8") as f:
+                json.dump(self.epochs, f)
+            os.replace(staged, self.path)
+
+    def full_history(self, history: dict, first_epoch: int) -> dict:
+        """`history` (this run's epochs, from `first_epoch` on) with the saved earlier epochs in
+        front."""
+        earlier = [self.epochs[e] for e in range(first_epoch) if e in self.epochs]
+        if not earlier:
+            return history
+        return {key: [e.get(key, float("nan")) for e in earlier] + list(values)
+                for key, values in history.items()}
+
+    def finish(self) -> None:
+        """Deletes the history and, once empty, the backup folder (the chief's job)."""
+        if self.writes:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.path))
+
+
+def lost_worker(exc: Exception, backup_dir: str | None) -> WorkerLostError:
+    """The message for a cluster that lost a process mid-training."""
+    lines = [line.strip() for line in str(getattr(exc, "message", exc)).splitlines()]
+    telling = [line for line in lines if re.search(r"abort|closed|unavailable|connect|socket|peer",
+                                                   line, re.I)]
+    first = (telling or [line for line in lines if line] or [type(exc).__name__])[0][:200]
+    resume = (f"training resumes after the last epoch saved in {backup_dir}" if backup_dir else
+              "without --backup_dir training starts again from the first epoch")
+    return WorkerLostError(f"a process of the cluster stopped ({first}); restart every process "
+                           f"that stopped with the same command and TF_CONFIG: {resume}")
 
 
 def variable_values(variable: tf.Variable) -> np.ndarray:

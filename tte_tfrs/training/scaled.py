@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -111,14 +112,24 @@ def train(config: TrainConfig, dataset: Dataset | StreamedDataset | None = None
             model = _build(config, prepared)
             model.compile(optimizer=training.make_optimizer(config))
         timer, callbacks = training.make_callbacks(config)
+        backup = distributed.backup_callbacks(config.backup_dir, role)
         # The timer first (validation is not training time), validation before early stopping.
-        callbacks = (callbacks[:1] + prepared.callbacks + callbacks[1:]
-                     + distributed.backup_callback(config.backup_dir))
+        callbacks = callbacks[:1] + prepared.callbacks + callbacks[1:] + backup
         started = time.perf_counter()
-        history = model.fit(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose,
-                            **prepared.fit_args(strategy))
-        history, metrics = training.fit_summary(history.history, timer, prepared.n_train,
+        try:
+            fitted = model.fit(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose,
+                               **prepared.fit_args(strategy))
+        except distributed.LOST as exc:
+            raise distributed.lost_worker(exc, config.backup_dir) from None
+        history, metrics = training.fit_summary(fitted.history, timer, prepared.n_train,
                                                 time.perf_counter() - started)
+        if backup:          # a restarted run: its history has the epochs before the restart too
+            first = min(fitted.epoch, default=0)
+            history = backup[1].full_history(history, first)
+            backup[1].finish()
+            metrics["epochs_run"] = len(history.get("loss", []))
+            if first:
+                metrics["resumed_after_epoch"] = first
         plain = distributed.plain_copy(model, lambda: prepared.plain)
         if config.strategy == distributed.PARAMETER_SERVER:
             metrics["sharded_tables"] = distributed.sharded_tables(model)
@@ -164,7 +175,7 @@ def _prepare_in_memory(config, role, strategy, dataset):
         return training.evaluate_splits(copy, dataset, splits, validation_columns, global_mean)
 
     if config.strategy == distributed.PARAMETER_SERVER:
-        folder = tempfile.mkdtemp(prefix="tte-shards-", dir=config.streaming_dir)
+        folder = _shard_folder(config)
         cleanup = lambda: shutil.rmtree(folder, ignore_errors=True)  # noqa: E731
         tensors["test"] = tf.nest.map_structure(lambda t: t[:0], tensors["validation"])
         sharded = streamed.write_tensors(tensors, folder, config.batch_size, config.seed,
@@ -245,7 +256,7 @@ def _prepare_streamed(config, role, strategy, dataset):
     block = distributed.replica_batch(config.batch_size, strategy) if multi else config.batch_size
     worker = _worker_index(role) if multi else 0
     workers = role.num_workers if config.strategy != distributed.NONE else 1
-    folder = tempfile.mkdtemp(prefix="tte-shards-", dir=config.streaming_dir)
+    folder = _shard_folder(config)
     try:
         sharded = streamed.write_streamed(
             data, labels, config.include_implicit, plain, user_columns, item_columns, folder,
@@ -284,6 +295,13 @@ def _prepare_streamed(config, role, strategy, dataset):
                      callbacks=[streamed.FileValidation(sharded, evaluating, *mine)],
                      n_train=sizes["train"], final_metrics=final_metrics,
                      cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def _shard_folder(config):
+    """A new folder for shard files in ``streaming_dir`` (made if needed) or the temporary folder."""
+    if config.streaming_dir:
+        os.makedirs(config.streaming_dir, exist_ok=True)
+    return tempfile.mkdtemp(prefix="tte-shards-", dir=config.streaming_dir)
 
 
 def _worker_index(role):
