@@ -17,6 +17,8 @@ import os
 import socket
 import sys
 
+os.environ["TF_USE_LEGACY_KERAS"] = "1"     # Keras 2 for tfrs, whatever is imported first
+
 
 def free_port():
     with socket.socket() as s:
@@ -33,7 +35,6 @@ def main(mode, data_dir, output_dir=None):
                                               "task": {"type": "chief", "index": 0}})
         out = parameter_server(data_dir, output_dir, cluster)
     else:
-        import tte_tfrs  # noqa: F401  (Keras 2 before TensorFlow)
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -110,7 +111,6 @@ def _initial(config, dataset, train_columns, mean, vocabularies, sample):
 
 
 def parameter_server(data_dir, output_dir, cluster):
-    import tte_tfrs  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
 
     from tte_tfrs.workflows import train_and_export

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from tte_tfrs.data import streaming
 from tte_tfrs.data.dataset import join_features
@@ -19,8 +20,6 @@ from tte_tfrs.model.two_tower import RATING
 from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import scaled, streamed, trainer
 from tte_tfrs.training.config import TrainConfig
-
-from conftest import tiny_config
 
 # Same tolerance and reason as tests/test_distributed.py: same arithmetic, other batch order.
 RMSE_TOLERANCE = 0.05

@@ -33,7 +33,6 @@ import pandas as pd
 import tensorflow as tf
 
 from tte_tfrs.data.dataset import fill_missing
-from tte_tfrs.data.tfdata import make_tf_dataset
 from tte_tfrs.evaluation.plots import plot_training_curve
 from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.layout import CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS, VERSIONED
@@ -82,13 +81,15 @@ def _save(module, signature, path):
 
 
 def item_embeddings(item_tower, catalogue, specs, batch_size=8192):
-    """Runs the item tower over every catalogue row; returns float32 [items, k + 2]."""
-    columns = {s.name: catalogue[s.name].to_numpy() for s in specs}
-    for spec in specs:
-        if spec.kind != "number":
-            columns[spec.name] = columns[spec.name].astype(object)
-    data = make_tf_dataset(columns, batch_size)
-    return np.concatenate([item_tower(batch).numpy() for batch in data]).astype(np.float32)
+    """Runs the item tower over every catalogue row, a batch at a time (only one batch of the
+    catalogue is ever a tensor); returns float32 [items, k + 2]."""
+    parts = []
+    for start in range(0, len(catalogue), batch_size):
+        rows = catalogue.iloc[start:start + batch_size]
+        batch = {s.name: tf.constant(rows[s.name].to_numpy(np.float32) if s.kind == "number"
+                                     else rows[s.name].to_numpy().astype(object)) for s in specs}
+        parts.append(item_tower(batch).numpy())
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _models_config(output_dir):

@@ -109,7 +109,8 @@ def train(config: TrainConfig, dataset: Dataset | StreamedDataset | None = None
         prepared = _prepare_in_memory(config, role, strategy, dataset)
     try:
         with strategy.scope():
-            model = _build(config, prepared)
+            # One process trains the plain model itself (no second copy of the tables).
+            model = prepared.plain if config.strategy == distributed.NONE else _build(config, prepared)
             model.compile(optimizer=training.make_optimizer(config))
         timer, callbacks = training.make_callbacks(config)
         backup = distributed.backup_callbacks(config.backup_dir, role)
@@ -130,7 +131,8 @@ def train(config: TrainConfig, dataset: Dataset | StreamedDataset | None = None
             metrics["epochs_run"] = len(history.get("loss", []))
             if first:
                 metrics["resumed_after_epoch"] = first
-        plain = distributed.plain_copy(model, lambda: prepared.plain)
+        plain = (model if config.strategy == distributed.NONE
+                 else distributed.plain_copy(model, lambda: prepared.plain))
         if config.strategy == distributed.PARAMETER_SERVER:
             metrics["sharded_tables"] = distributed.sharded_tables(model)
         metrics.update(prepared.final_metrics(model, plain))

@@ -90,7 +90,7 @@ def _columns(table, specs):
     columns = {}
     for spec in specs:
         values = table[spec.name].to_numpy()
-        columns[spec.name] = values if values.dtype == np.float32 else values.astype(object)
+        columns[spec.name] = values if values.dtype == np.float32 else np.asarray(values, object)
     return columns
 
 
