@@ -152,7 +152,9 @@ def one_run(spec):
                        "seconds": round(result.splits.sizes()["train"]
                                         / metrics["epoch_examples_per_second"], 2)}
     output_dir = os.path.join(spec["work"], "models")
-    exported = peak.stage("export", stages, lambda: export(result, output_dir))
+    trained = [result]          # freed after the export, before the index is built
+    del result
+    exported = peak.stage("export", stages, lambda: export(trained.pop(), output_dir))
     if hasattr(data, "close"):
         data.close()
     del data
