@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from tte_tfrs.errors import ConfigError
 from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.layout import ROLLED_BACK
 from tte_tfrs.scripts import cli
@@ -69,6 +70,11 @@ def main(values: flags.FlagValues) -> int:
             raise ValueError("--warm_start_from writes the next version into the folder it "
                              "continues; leave --output_dir out")
         overrides = cli.config_values(values, TrainConfig, only_given=True)
+        if overrides.get("strategy", "none") != "none" or overrides.get("input_mode") == "streaming":
+            raise ConfigError("an update (--warm_start_from) runs in one process with its data in "
+                              "memory; leave out --strategy and --input_mode=streaming",
+                              field="strategy" if "strategy" in overrides else "input_mode")
+        overrides.update(strategy="none", input_mode="memory")
         overrides["log_dir"] = _log_dir(values, output_dir)
         overrides["verbose"] = values.verbose
         if "data_dir" in overrides:

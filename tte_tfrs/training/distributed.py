@@ -222,9 +222,7 @@ def distribute(strategy: tf.distribute.Strategy,
     pipeline (each worker builds its own, reading its own part of the data)."""
     if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
         return tf.keras.utils.experimental.DatasetCreator(make)
-    if tf.distribute.has_strategy() or strategy is not tf.distribute.get_strategy():
-        return strategy.distribute_datasets_from_function(make)
-    return make(tf.distribute.InputContext())
+    return strategy.distribute_datasets_from_function(make)
 
 
 class WorkerLostError(TteError, RuntimeError):
@@ -300,20 +298,6 @@ def lost_worker(exc: Exception, backup_dir: str | None) -> WorkerLostError:
               "without --backup_dir training starts again from the first epoch")
     return WorkerLostError(f"a process of the cluster stopped ({first}); restart every process "
                            f"that stopped with the same command and TF_CONFIG: {resume}")
-
-
-def variable_values(variable: tf.Variable) -> np.ndarray:
-    """The whole value of a variable, shards concatenated for a `ShardedVariable`."""
-    parts = getattr(variable, "variables", None)
-    if parts is not None and not isinstance(variable, tf.Variable | np.ndarray) or (
-            parts is not None and len(parts) > 1):
-        return np.concatenate([p.numpy() for p in parts], axis=0)
-    return variable.numpy()
-
-
-def is_sharded(variable: Any) -> bool:
-    return isinstance(variable, tf.distribute.experimental.partitioners.Partitioner) is False and (
-        type(variable).__name__ == "ShardedVariable")
 
 
 def plain_copy(model: TwoTowerRatingModel, build: Callable[[], TwoTowerRatingModel]
