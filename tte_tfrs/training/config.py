@@ -218,9 +218,10 @@ class ScaleConfig(ConfigBase):
         (tf.distribute.ParameterServerStrategy: TF_CONFIG names a chief, the coordinator that
         trains and exports, and worker and ps tasks that serve it).
       input_mode: memory (every table in memory), streaming (files read in chunks, rows written
-        once to sharded TFRecord files that tf.data reads) or auto (streaming when the ratings
-        file is larger than streaming_threshold_mb or a strategy shards the data).
-      streaming_threshold_mb: ratings file size (MB, uncompressed) above which auto streams.
+        once to sharded TFRecord files that tf.data reads; Book-Crossing layouts) or auto
+        (streaming when the ratings file is larger than streaming_threshold_mb).
+      streaming_threshold_mb: ratings file size in MB (uncompressed; a .gz file's own size)
+        above which auto streams.
       streaming_dir: where streaming writes its shards (a folder every worker can read for
         parameter_server); None means a temporary folder, removed after training.
       backup_dir: tf.keras.callbacks.BackupAndRestore folder: a restarted worker resumes from
