@@ -29,6 +29,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator
 
@@ -91,6 +92,10 @@ class StreamedDataset:
     item_counts: np.ndarray
     totals: dict
     folds: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # The chunk files go when the data set does, if `close` was not called first.
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.work_dir, True)
 
     @property
     def user_codes(self) -> pd.Index:
@@ -171,7 +176,7 @@ class StreamedDataset:
 
     def close(self) -> None:
         """Deletes the chunk files."""
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self._finalizer()
 
 
 def read_streamed(path: str | None = None, dataset: str = "auto", work_dir: str | None = None,
