@@ -180,3 +180,19 @@ def test_failed_export_leaves_earlier_versions_and_manifest_untouched(trained, t
     assert not [n for n in os.listdir(root) if n.startswith(".staging")]
     for name in MODELS:
         assert sorted(os.listdir(os.path.join(root, name))) == ["1"]
+
+
+def test_reader_refuses_an_export_of_a_newer_format(exported, tmp_path):
+    import shutil
+
+    from tte_tfrs.errors import ExportError
+    from tte_tfrs.exports.reader import ExportReader
+    root = str(tmp_path / "copy")
+    shutil.copytree(exported.output_dir, root)
+    path = os.path.join(root, "manifest.json")
+    manifest = json.load(open(path))
+    assert ExportReader(root).version == manifest["version"]
+    manifest["format_version"] = 99
+    json.dump(manifest, open(path, "w"))
+    with pytest.raises(ExportError, match="format 99 was written by a newer tte_tfrs"):
+        ExportReader(root)

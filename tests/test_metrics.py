@@ -39,9 +39,8 @@ def test_mrr():
     assert metrics.mrr(RECOMMENDED, RELEVANT, k=1) == pytest.approx((1 + 0) / 2)
 
 
-def test_coverage_and_ann_recall():
+def test_coverage():
     assert metrics.coverage(RECOMMENDED, 10, k=2) == pytest.approx(4 / 10)     # a, b, d, e
-    assert metrics.ann_recall_at_k([[1, 2, 9]], [[1, 2, 3]], 3) == pytest.approx(2 / 3)
 
 
 def test_ranking_metrics_skips_users_without_relevant_items():

@@ -42,17 +42,42 @@ def test_recommend_by_id_is_sorted_exact_and_skips_rated(recommender):
     assert with_rated[0].score >= recs[0].score
 
 
-def test_titles_come_with_the_items(recommender):
-    recs = recommender.recommend(a_user_with_ratings(recommender), k=5)
-    assert all(isinstance(r.title, str) for r in recs) and any(r.title for r in recs)
+def test_every_rated_item_is_excluded_and_nothing_else(recommender, trained):
+    user = a_user_with_ratings(recommender)
+    ratings = trained.dataset.ratings                       # what the export was trained from
+    rated = set(ratings.loc[ratings["user_id"] == user, "item_id"])
+    assert len(rated) >= 5 and rated <= set(recommender.index.ids)
+    rest = recommender.catalogue_size - len(rated)
+    # Asking for every item not rated must return exactly those: a rated item that slipped
+    # through would push one unrated item out.
+    for spelled in (user, f" {user} "):                    # one id normalisation for every lookup
+        recs = recommender.recommend(spelled, k=rest)
+        assert {r.item_id for r in recs} == set(map(str, recommender.index.ids)) - rated
+    with pytest.raises(RecommendationError, match="k must be between 1"):
+        recommender.recommend(user, k=recommender.catalogue_size + 1)
 
 
-def test_new_user_from_features_only(recommender):
-    recs = recommender.recommend(features={"location": "salem, california, usa", "age": 33}, k=5)
-    assert len(recs) == 5
+def test_titles_come_with_the_items(recommender, trained):
+    catalogue = trained.dataset.catalogue().set_index("item_id")["title"]
+    recs = recommender.recommend(a_user_with_ratings(recommender), k=20)
+    assert any(r.title for r in recs)
+    assert [r.title for r in recs] == [catalogue[r.item_id] for r in recs]
+
+
+def test_new_user_from_features_only(recommender, trained):
+    import tensorflow as tf
+    features = {"location": "salem, california, usa", "age": 33}
+    recs = recommender.recommend(features=features, k=5)
+    # The same raw features through the trained Keras tower, then brute force over the catalogue.
+    inputs = {"user_id": tf.constant([""]), "location": tf.constant([features["location"]]),
+              "age": tf.constant([33.0])}
+    query = trained.model.user_tower(inputs).numpy()[0]
+    scores = recommender.index.embeddings @ query
+    best = np.lexsort((np.arange(len(scores)), -scores))[:5]
+    assert [r.item_id for r in recs] == [str(recommender.index.ids[row]) for row in best]
+    np.testing.assert_allclose([r.score for r in recs], scores[best], rtol=1e-5)
     other = recommender.recommend(features={"location": "porto, lisboa, portugal", "age": 70}, k=5)
-    assert [r.item_id for r in recs] != [r.item_id for r in other] or \
-        [r.score for r in recs] != [r.score for r in other]
+    assert [r.score for r in other] != [r.score for r in recs]
     unknown_id = recommender.recommend("no-such-user", {"age": 40}, k=3)
     assert len(unknown_id) == 3
 

@@ -22,7 +22,6 @@ def test_main_trains_and_exports(tiny_data, tmp_path, capsys):
     assert manifest["config"]["embedding_dim"] == 4
     logs = os.path.join(out, "logs")                             # TensorBoard logs by default
     assert any(name.startswith("events.") for _, _, files in os.walk(logs) for name in files)
-    assert any(n.startswith("epoch-001") for n in os.listdir(os.path.join(logs, "checkpoints")))
 
 
 def run_script(*args):

@@ -73,6 +73,7 @@ def test_grown_tables_keep_old_rows_bit_for_bit(parent, old_and_new):
     config = tiny_config("unused")
     model = training.build_model(config, dataset, columns, 7.0, grown)
     training.predict(model, columns)
+    fresh = checkpoint.model_weights(model)               # the grown model's own initialisation
     checkpoint.restore_grown(model, weights)
     restored = checkpoint.model_weights(model)
     for key, old in weights.items():
@@ -81,8 +82,10 @@ def test_grown_tables_keep_old_rows_bit_for_bit(parent, old_and_new):
     table = restored["user/user_id_embedding/embeddings:0"]
     old_table = weights["user/user_id_embedding/embeddings:0"]
     assert table.shape[0] == old_table.shape[0] + 2
-    assert not np.allclose(table[-1], table[-2])          # new rows start apart
-    assert np.abs(table[-2:] - old_table[0]).max() < 0.5  # near the old unknown-id row
+    # A new row starts at the old unknown-id row plus its own fresh initialisation, exactly.
+    key = "user/user_id_embedding/embeddings:0"
+    np.testing.assert_array_equal(table[-2:], old_table[0] + fresh[key][-2:])
+    assert not np.allclose(table[-1], table[-2])          # so new rows start apart
 
     # Adagrad continues: old rows keep their accumulated squared gradients, new rows start fresh.
     accumulators = checkpoint.read_optimizer_state(os.path.join(parent, CHECKPOINT, "1"))
@@ -183,6 +186,13 @@ def test_poisoning_inputs_are_refused_before_anything_changes(parent, old_and_ne
     fewer = dataclasses.replace(new, user_features=new.user_features[:-1])
     with pytest.raises(UpdateRefusedError, match="user features .* differ"):
         warm_start(parent, dataset=fewer)
+    _unchanged(parent, manifest_bytes)
+
+    # Same names, another kind: age read as a category instead of a bucketised number.
+    recast = tuple(dataclasses.replace(s, kind="category", boundaries=()) if s.name == "age" else s
+                   for s in new.user_features)
+    with pytest.raises(UpdateRefusedError, match="age: category.* differ .*age: number"):
+        warm_start(parent, dataset=dataclasses.replace(new, user_features=recast))
     _unchanged(parent, manifest_bytes)
 
     shrunk = dataclasses.replace(new, items=new.items.iloc[: len(new.items) // 10])

@@ -68,13 +68,6 @@ def coverage(recommended, catalogue_size, k=None):
     return len(shown) / catalogue_size if catalogue_size else float("nan")
 
 
-def ann_recall_at_k(approximate, exact, k):
-    """Share of the exact top k that an approximate search also returned in its top k."""
-    values = [len(set(list(a)[:k]) & set(list(e)[:k])) / min(k, len(list(e)[:k]))
-              for a, e in zip(approximate, exact) if len(list(e)[:k])]
-    return float(np.mean(values)) if values else float("nan")
-
-
 def ranking_metrics(recommended, relevant, k, catalogue_size):
     """Recall, precision, NDCG, hit rate, MRR at k and coverage, as a dict."""
     relevant = [set(r) for r in relevant]

@@ -10,6 +10,8 @@
     <root>/models.config              TF Serving model_config_list
 """
 
+FORMAT_VERSION = 1             # of the export folder; a reader refuses folders of a newer format
+
 MODELS = ("user_tower", "item_tower", "scorer", "retrieval")   # SavedModels TF Serving serves
 EMBEDDINGS = "item_embeddings"
 USERS = "users"

@@ -28,6 +28,7 @@ from tte_tfrs.exports.layout import (
     CHECKPOINT,
     EMBEDDINGS,
     EMBEDDINGS_FILE,
+    FORMAT_VERSION,
     INDEX_ROOT,
     ITEM_IDS_FILE,
     ITEMS_FILE,
@@ -77,6 +78,10 @@ def validate_manifest(manifest: Any, path: str) -> dict:
     if missing:
         raise ExportError(f"{path}: not an export manifest: missing {', '.join(missing)}")
     check_version(manifest["version"], path)
+    written_format = manifest.get("format_version", 1)
+    if not isinstance(written_format, int) or written_format > FORMAT_VERSION:
+        raise ExportError(f"{path}: export format {written_format!r} was written by a newer "
+                          f"tte_tfrs (this one reads up to format {FORMAT_VERSION}); upgrade tte_tfrs")
     for key in ("signatures", "dataset", "config"):
         if not isinstance(manifest[key], dict):
             raise ExportError(f"{path}: {key!r} must be a JSON object")

@@ -35,11 +35,19 @@ import tensorflow as tf
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.evaluation.plots import plot_training_curve
 from tte_tfrs.exports import lifecycle
-from tte_tfrs.exports.layout import CHECKPOINT, EMBEDDINGS, MODELS, MODELS_CONFIG, TRAINING, USERS, VERSIONED
+from tte_tfrs.exports.layout import (
+    CHECKPOINT,
+    EMBEDDINGS,
+    FORMAT_VERSION,
+    MODELS,
+    MODELS_CONFIG,
+    TRAINING,
+    USERS,
+    VERSIONED,
+)
 from tte_tfrs.training import checkpoint
 
 RETRIEVAL_K = 100
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass

@@ -33,7 +33,7 @@ USER = "user"
 ITEM = "item"
 
 
-SCOPES = ("table", "batch")
+REGULARIZATION_SCOPES = ("table", "batch")
 
 
 def make_regularizer(kind: str, strength: float) -> tf.keras.regularizers.Regularizer | None:
@@ -181,8 +181,8 @@ class Tower(tf.keras.Model):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
             raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
-        if regularization_scope not in SCOPES:
-            raise ValueError(f"regularization scope must be one of {SCOPES}, got "
+        if regularization_scope not in REGULARIZATION_SCOPES:
+            raise ValueError(f"regularization scope must be one of {REGULARIZATION_SCOPES}, got "
                              f"{regularization_scope!r}")
         self.specs = tuple(specs)
         self.latent_dim = int(latent_dim)

@@ -36,7 +36,7 @@ def define_flags(values: flags.FlagValues) -> None:
                         flag_values=values)
     cli.define_config_flags(values, TrainConfig, skip=NOT_FLAGS, defaults={"verbose": 2})
     flags.DEFINE_string("tensorboard_dir", None,
-                        "TensorBoard logs and best-epoch checkpoints; default OUTPUT_DIR/logs.",
+                        "TensorBoard logs; default OUTPUT_DIR/logs.",
                         flag_values=values)
     flags.DEFINE_string("rollback", None,
                         "Instead of training, make the previous version of this export folder "

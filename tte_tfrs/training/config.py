@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 from tte_tfrs.data.loader import DATASETS
 from tte_tfrs.data.movielens import FOLDS
 from tte_tfrs.errors import ConfigError
+from tte_tfrs.model.towers import REGULARIZATION_SCOPES
 
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 REGULARIZERS = ("l1", "l2")
-REGULARIZATION_SCOPES = ("table", "batch")
 STRATEGIES = ("none", "multi_worker", "parameter_server")
 INPUT_MODES = ("auto", "memory", "streaming")
 
@@ -179,7 +179,8 @@ class TrainerConfig(ConfigBase):
         weights are kept); 0 disables early stopping.
       seed: seeds the split, initialisation and shuffling: same seed and data, same model.
       deterministic: ask TensorFlow for deterministic ops (same seed, bit-identical model).
-      log_dir: TensorBoard logs and best-epoch checkpoints go here; None disables both.
+      log_dir: TensorBoard logs go here; None disables them. (What an update continues from is
+        the export's checkpoint/<version>/, written by `tte_tfrs.export`.)
       verbose: Keras progress output: 0 silent, 1 a progress bar, 2 one line per epoch.
     """
 

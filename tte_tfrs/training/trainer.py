@@ -6,7 +6,6 @@ May import: tte_tfrs.data, tte_tfrs.model, tte_tfrs.evaluation.metrics, tte_tfrs
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -174,9 +173,6 @@ def make_callbacks(config: TrainConfig) -> tuple[EpochTimer, list]:
             restore_best_weights=True))
     if config.log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
-        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
-            os.path.join(config.log_dir, "checkpoints", "epoch-{epoch:03d}"),
-            save_weights_only=True, monitor="val_rmse", mode="min", save_best_only=True))
     return timer, callbacks
 
 
