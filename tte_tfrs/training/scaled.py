@@ -280,8 +280,13 @@ def _prepare_streamed(config, role, strategy, dataset):
                 steps_per_epoch=steps)
         return dict(x=sharded.training(config.seed))
 
+    # Bytes on disk per preprocessed row (this process's shards: about its share of the rows).
+    shard_bytes = sum(os.path.getsize(f) for files in sharded.files.values() for f in files
+                      if os.path.exists(f))
+    bytes_per_row = shard_bytes / max(1, sum(sizes.values()) // (workers if multi else 1))
+
     def final_metrics(model, copy):
-        out = {}
+        out = {"shard_bytes_per_row": round(bytes_per_row, 1)}
         evaluate = streamed.Evaluator(model, sharded, evaluating, *mine)
         validation = evaluate("validation")
         out["validation_rmse"], out["validation_mae"] = validation["rmse"], validation["mae"]
