@@ -32,7 +32,6 @@ import tensorflow as tf
 from tte_tfrs.data import streaming
 from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.streaming import SPLIT_NAMES, TEST, TRAIN, StreamedDataset
-from tte_tfrs.data.tfdata import preprocess_columns
 from tte_tfrs.model.towers import ITEM, USER
 from tte_tfrs.model.two_tower import RATING, TwoTowerRatingModel
 from tte_tfrs.model.vocabulary import build_vocabularies
@@ -143,8 +142,8 @@ def write_streamed(data: StreamedDataset, labels: np.ndarray, include_implicit: 
         (every multi-worker worker writes the shards it reads; one process writes them all).
     """
     os.makedirs(folder, exist_ok=True)
-    users = preprocess_columns(model.user_tower.preprocess, user_columns)
-    items = preprocess_columns(model.item_tower.preprocess, item_columns)
+    users = _preprocess_slices(model.user_tower.preprocess, user_columns)
+    items = _preprocess_slices(model.item_tower.preprocess, item_columns)
     sizes = {name: int((labels == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
     shards = {name: max(readers, math.ceil(sizes[name] / SHARD_ROWS)) for name in SPLIT_NAMES}
     writers = _Writers(folder, shards, *writer)
@@ -178,6 +177,15 @@ def write_streamed(data: StreamedDataset, labels: np.ndarray, include_implicit: 
         raise
     return ShardedData(folder=folder, spec=spec or _empty_spec(users, items), files=files,
                        rows=sizes, block_rows=block_rows)
+
+
+def _preprocess_slices(preprocess, columns, size=1 << 16):
+    """`preprocess` over numpy columns a slice at a time (only one slice is ever a string tensor),
+    the results joined: what `preprocess_columns` gives."""
+    n = len(next(iter(columns.values())))
+    parts = [preprocess({k: tf.constant(v[start:start + size]) for k, v in columns.items()})
+             for start in range(0, n, size)]
+    return tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *parts)
 
 
 def write_tensors(tensors: dict, folder: str, block_rows: int, seed: int, workers: int
