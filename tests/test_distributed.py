@@ -50,51 +50,47 @@ def environment(tmp, **extra):
     return env
 
 
-@pytest.fixture(scope="module")
+class Background:
+    """tests/cluster_runs.py's two runs (parameter servers; the same batch), started when the module
+    starts so they overlap the multi-worker processes; `results` waits for them."""
+
+    def __init__(self, data_dir, out, tmp):
+        script = os.path.join(ROOT, "tests", "cluster_runs.py")
+        self.models, self.tmp = str(out / "models"), tmp
+        self.runs = {mode: subprocess.Popen([sys.executable, script, mode, data_dir, *extra],
+                                            env=environment(tmp), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                     for mode, extra in (("parameter_server", [self.models]), ("same_batch", []))}
+        self._results = None
+
+    def results(self):
+        if self._results is None:
+            self._results = {}
+            for mode, process in self.runs.items():
+                stdout, stderr = process.communicate(timeout=300)
+                lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+                assert process.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
+                self._results[mode] = json.loads(lines[-1][len("RESULT "):])
+        return self._results
+
+    def stop(self):
+        for process in self.runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+@pytest.fixture(scope="module", autouse=True)
 def cluster_run(tiny_data, tmp_path_factory):
-    """tests/cluster_runs.py: the parameter-server run and the same-batch comparison, side by side."""
-    out = tmp_path_factory.mktemp("ps")
-    tmp = tmp_path_factory.mktemp("ps-tmp")
-    script = os.path.join(ROOT, "tests", "cluster_runs.py")
-    runs = {mode: subprocess.Popen([sys.executable, script, mode, tiny_data[0], *extra],
-                                   env=environment(tmp), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, cwd=ROOT)
-            for mode, extra in (("parameter_server", [str(out / "models")]), ("same_batch", []))}
-    results = {}
-    for mode, process in runs.items():
-        stdout, stderr = process.communicate(timeout=300)
-        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-        assert process.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
-        results[mode] = json.loads(lines[-1][len("RESULT "):])
-    return results, str(out / "models"), tmp
+    background = Background(tiny_data[0], tmp_path_factory.mktemp("ps"),
+                            tmp_path_factory.mktemp("ps-tmp"))
+    yield background
+    background.stop()
 
 
-def test_a_batch_under_a_strategy_is_the_single_process_batch(cluster_run):
-    result = cluster_run[0]["same_batch"]
-    for step in ("test_step", "train_step"):
-        for name, (one, two) in result[step].items():
-            assert two == pytest.approx(one, rel=1e-5, abs=1e-6), (step, name)
-    # The step changed the weights, and the same way (sparse gradients summed over the replicas).
-    assert result["weights_moved"] > 1e-3
-    assert result["weights_max_difference"] < 1e-5
-
-
-def test_parameter_servers_shard_tables_train_and_export_plain_savedmodels(cluster_run, trained,
-                                                                           exported):
-    results, models, tmp = cluster_run
-    metrics = results["parameter_server"]["metrics"]
-    assert metrics["strategy"] == "parameter_server" and metrics["input"] == "streaming"
-    assert metrics["sharded_tables"]["item/item_id_embedding/embeddings"] == 2
-    assert abs(metrics["validation_rmse"] - trained.metrics["validation_rmse"]) < RMSE_TOLERANCE
-    assert layout(models) == layout(exported.output_dir)
-    # The SavedModels hold no trace of the cluster: plain TensorFlow loads and runs them here.
-    serve = tf.saved_model.load(os.path.join(models, "scorer", "1")).signatures["serving_default"]
-    rating = serve(user_id=tf.constant(["1"]), location=tf.constant(["a, b, usa"]),
-                   age=tf.constant([30.0]), item_id=tf.constant(["X"]), title=tf.constant(["t"]),
-                   author=tf.constant(["a"]), publisher=tf.constant(["p"]),
-                   year=tf.constant([2000.0]))["rating"]
-    assert np.isfinite(rating.numpy()).all()
-    assert not os.listdir(tmp)              # shard files and temporary folders removed
+def leftovers(tmp):
+    """What our processes left in their temporary folder (TensorFlow's own autograph files aside)."""
+    return [name for name in os.listdir(tmp) if name.startswith("tte-")]
 
 
 def launch(index, cluster, data_dir, output_dir, log_path, tmp):
@@ -158,4 +154,32 @@ def test_multi_worker_killed_worker_restarts_and_training_resumes(tiny_data, tra
     assert abs(metrics["validation_rmse"] - trained.metrics["validation_rmse"]) < RMSE_TOLERANCE
     assert layout(output_dir) == layout(exported.output_dir)      # the chief exported ...
     assert not os.path.exists(output_dir / ".backup")
-    assert not os.listdir(tmp)              # ... the other worker's export was removed
+    assert not leftovers(tmp)               # ... the other worker's export was removed
+
+
+def test_a_batch_under_a_strategy_is_the_single_process_batch(cluster_run):
+    result = cluster_run.results()["same_batch"]
+    for step in ("test_step", "train_step"):
+        for name, (one, two) in result[step].items():
+            assert two == pytest.approx(one, rel=1e-5, abs=1e-6), (step, name)
+    # The step changed the weights, and the same way (sparse gradients summed over the replicas).
+    assert result["weights_moved"] > 1e-3
+    assert result["weights_max_difference"] < 1e-5
+
+
+def test_parameter_servers_shard_tables_train_and_export_plain_savedmodels(cluster_run, trained,
+                                                                           exported):
+    models, tmp = cluster_run.models, cluster_run.tmp
+    metrics = cluster_run.results()["parameter_server"]["metrics"]
+    assert metrics["strategy"] == "parameter_server" and metrics["input"] == "streaming"
+    assert metrics["sharded_tables"]["item/item_id_embedding/embeddings"] == 2
+    assert abs(metrics["validation_rmse"] - trained.metrics["validation_rmse"]) < RMSE_TOLERANCE
+    assert layout(models) == layout(exported.output_dir)
+    # The SavedModels hold no trace of the cluster: plain TensorFlow loads and runs them here.
+    serve = tf.saved_model.load(os.path.join(models, "scorer", "1")).signatures["serving_default"]
+    rating = serve(user_id=tf.constant(["1"]), location=tf.constant(["a, b, usa"]),
+                   age=tf.constant([30.0]), item_id=tf.constant(["X"]), title=tf.constant(["t"]),
+                   author=tf.constant(["a"]), publisher=tf.constant(["p"]),
+                   year=tf.constant([2000.0]))["rating"]
+    assert np.isfinite(rating.numpy()).all()
+    assert not leftovers(tmp)               # shard files and temporary folders removed
