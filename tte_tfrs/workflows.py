@@ -4,13 +4,17 @@ warm start -> export -> refresh the parent's indexes.
 May import every stage (it chains them); nothing but the scripts and the package root imports it.
 """
 
+import contextlib
 import os
 
 from tte_tfrs import paths
 from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.data.streaming import read_streamed
 from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.writer import export
 from tte_tfrs.retrieval.building import refresh_indexes
+from tte_tfrs.training import distributed
+from tte_tfrs.training.scaled import wants_streaming
 from tte_tfrs.training.trainer import train
 from tte_tfrs.training.warm_start import warm_start
 
@@ -28,14 +32,32 @@ def train_and_export(config, output_dir, log=print):
       ExportLockedError: another process writes to `output_dir`. ConfigError: a bad setting or
       an output folder that cannot be written. DataError: unusable data.
     """
-    with lifecycle.writer_lock(output_dir):
+    role = distributed.read_role(config.strategy)
+    # The exporting process holds the writer lock throughout; other workers export to a
+    # temporary folder of their own and must not block it.
+    lock = lifecycle.writer_lock(output_dir) if role.is_chief else contextlib.nullcontext()
+    with lock:
         if config.log_dir:
             paths.writable_folder(config.log_dir, "log_dir")
-        return _train_and_export(config, output_dir, log)
+        role, _ = distributed.start(config)      # before any TensorFlow op (multi_worker needs it)
+        if not role.trains:
+            log(f"Serving as {role.describe()} (--strategy={config.strategy}) until stopped")
+            distributed.serve(role)
+        if role.task_type is not None:
+            log(f"Training as {role.describe()} (--strategy={config.strategy})")
+        if wants_streaming(config):
+            dataset = read_streamed(config.data_dir, config.dataset, work_dir=config.streaming_dir)
+            log("Streaming: the ratings are read in chunks and kept on disk")
+        else:
+            dataset = load_dataset(config.data_dir, config.dataset)
+        try:
+            return _train_and_export(config, output_dir, log, role, dataset)
+        finally:
+            if hasattr(dataset, "close"):               # streamed rows on disk
+                dataset.close()
 
 
-def _train_and_export(config, output_dir, log):
-    dataset = load_dataset(config.data_dir, config.dataset)
+def _train_and_export(config, output_dir, log, role, dataset):
     log(f"Read {dataset.name} ({dataset.layout} layout) from {dataset.source}")
     log(dataset.report.format())
     log(f"Training on {'all' if config.include_implicit else 'explicit'} ratings "
@@ -47,8 +69,12 @@ def _train_and_export(config, output_dir, log):
         f"in {result.metrics['train_seconds']:.1f} s "
         f"({result.metrics['train_examples_per_second']:,} examples/s overall, "
         f"{result.metrics['epoch_examples_per_second']:,} per epoch after the first)")
-    exported = export(result, output_dir)
-    log(f"Exported version {exported.version} to {os.path.abspath(output_dir)}")
+    with distributed.export_folder(output_dir, role) as folder:
+        exported = export(result, folder)
+    if role.is_chief:
+        log(f"Exported version {exported.version} to {os.path.abspath(output_dir)}")
+    else:
+        log(f"Not the chief: exported version {exported.version} to a temporary folder, removed")
     log(format_metrics(result.metrics))
     return result, exported
 

@@ -2,8 +2,9 @@
 
 Owns the readers of every supported layout (Kaggle and original Book-Crossing, MovieLens 100K), the
 cleaning and counting of every decision (`DataReport`), the feature schema shared by readers,
-towers and serving (`features`), the seeded splits, the tf.data pipelines and the synthetic data
-generator. May import: tte_tfrs.errors (and TensorFlow for the shared string standardisation).
+towers and serving (`features`), the seeded splits, the tf.data pipelines, the synthetic data
+generator, and `streaming` (the same readers a chunk at a time, ratings kept on disk; rows in
+TFRecord block files). May import: tte_tfrs.errors (and TensorFlow for the shared string standardisation).
 """
 
 from tte_tfrs.data.dataset import Dataset

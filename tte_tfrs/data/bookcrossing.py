@@ -65,6 +65,28 @@ def find_table(files, prefixes, extension=".csv"):
     return None
 
 
+MISSING_USERS = "no users file in {source}: the user tower uses the user id alone"
+MISSING_BOOKS = ("no books file in {source} (Books.csv / BX-Books.csv): the item tower uses the "
+                 "ISBN alone and recommendations have no titles")
+UNKNOWN_USERS = "ratings whose user is not in the users table (kept)"
+UNKNOWN_ITEMS = "ratings whose ISBN is not in the books table (kept)"
+
+
+def find_tables(files, layout, source):
+    """(ratings file, users file or None, books file or None, separator, escape) of a layout.
+
+    Raises:
+      DataError: there is no ratings file.
+    """
+    ratings_prefixes, users_prefixes, books_prefixes, sep, escape = LAYOUTS[layout]
+    ratings_file = find_table(files, ratings_prefixes)
+    if ratings_file is None:
+        raise DataError(source, f"no ratings file found (expected {ratings_prefixes[0]}*.csv, "
+                        "optionally .gz or inside a .zip)")
+    return (ratings_file, find_table(files, users_prefixes), find_table(files, books_prefixes),
+            sep, escape)
+
+
 def read_bookcrossing(files, layout, source):
     """Reads a Book-Crossing data set.
 
@@ -80,35 +102,27 @@ def read_bookcrossing(files, layout, source):
     Raises:
       DataError: no ratings file, or a file that cannot be used at all.
     """
-    ratings_prefixes, users_prefixes, books_prefixes, sep, escape = LAYOUTS[layout]
+    ratings_file, users_file, books_file, sep, escape = find_tables(files, layout, source)
     report = DataReport()
-    ratings_file = find_table(files, ratings_prefixes)
-    if ratings_file is None:
-        raise DataError(source, f"no ratings file found (expected {ratings_prefixes[0]}*.csv, "
-                        "optionally .gz or inside a .zip)")
-    users_file = find_table(files, users_prefixes)
-    books_file = find_table(files, books_prefixes)
-
     item_specs = item_features(books_file is not None)
     ratings = _read_ratings(ratings_file, sep, escape, report, item_specs[0])
     if users_file is not None:
         users = _read_users(users_file, sep, escape, report)
     else:
         users = pd.DataFrame({"user_id": pd.Series([], dtype=str)})
-        report.warn(f"no users file in {source}: the user tower uses the user id alone")
+        report.warn(MISSING_USERS.format(source=source))
     if books_file is not None:
         items = _read_books(books_file, sep, escape, report, item_specs)
     else:
         items = pd.DataFrame({"item_id": pd.Series([], dtype=str)})
-        report.warn(f"no books file in {source} (Books.csv / BX-Books.csv): the item tower uses the "
-                    "ISBN alone and recommendations have no titles")
+        report.warn(MISSING_BOOKS.format(source=source))
 
     if users_file is not None:
         unknown_users = ~ratings["user_id"].isin(users["user_id"])
-        report.counts["ratings whose user is not in the users table (kept)"] = int(unknown_users.sum())
+        report.counts[UNKNOWN_USERS] = int(unknown_users.sum())
     if books_file is not None:
         unknown_items = ~ratings["item_id"].isin(items["item_id"])
-        report.counts["ratings whose ISBN is not in the books table (kept)"] = int(unknown_items.sum())
+        report.counts[UNKNOWN_ITEMS] = int(unknown_items.sum())
 
     return Dataset(
         name="book-crossing", layout=layout, source=str(source),
@@ -122,35 +136,50 @@ def _read(input_file, columns, sep, escape, report):
     file_report = report.add_file(input_file.display)
     text = decode_text(input_file.read_bytes(), file_report)
     values, lines = parse_delimited(text, input_file, file_report, columns, sep, escape)
+    return table_frame(values, lines, columns), file_report
+
+
+def table_frame(values, lines, columns):
+    """The raw table (strings) of parsed `values` with their file `lines`."""
     frame = pd.DataFrame({name: pd.Series(col, dtype=object) for name, col in zip(columns, values)})
     frame["line"] = np.asarray(lines, dtype=np.int64)
-    return frame, file_report
+    return frame
 
+
+# The cleaning of each table, whole or (tte_tfrs.data.streaming) one chunk at a time: `dedup`
+# (cleaning.drop_duplicates by default) is where a chunked reader sees every file-wide decision.
 
 def _read_ratings(input_file, sep, escape, report, item_spec):
     frame, file_report = _read(input_file, RATINGS_COLUMNS, sep, escape, report)
+    return clean_ratings_table(frame, input_file.display, file_report, item_spec)
+
+
+def clean_ratings_table(frame, display, file_report, item_spec, dedup=cleaning.drop_duplicates):
     frame = frame.rename(columns={"User-ID": "user_id", "ISBN": "item_id", "Book-Rating": "rating"})
-    frame = cleaning.clean_ratings(frame, input_file.display, file_report, RATINGS_COLUMNS,
-                                   RATING_SCALE)
+    frame = cleaning.clean_ratings(frame, display, file_report, RATINGS_COLUMNS, RATING_SCALE)
     bad_id = ~frame["user_id"].str.fullmatch(r"\d+").to_numpy(dtype=bool)
     file_report.drop("User-ID is not a whole number", frame["line"].to_numpy()[bad_id])
     frame = frame[~bad_id]
-    frame = cleaning.normalize_item_ids(frame, item_spec, input_file.display, file_report, "ISBN")
-    frame = cleaning.drop_duplicates(frame, ["user_id", "item_id"], file_report,
-                                     "duplicate (User-ID, ISBN) pair; the last one is kept")
+    frame = cleaning.normalize_item_ids(frame, item_spec, display, file_report, "ISBN")
+    frame = dedup(frame, ["user_id", "item_id"], file_report,
+                  "duplicate (User-ID, ISBN) pair; the last one is kept")
     file_report.rows_kept = len(frame)
     return frame[["user_id", "item_id", "rating", "line"]]
 
 
 def _read_users(input_file, sep, escape, report):
     frame, file_report = _read(input_file, USERS_COLUMNS, sep, escape, report)
+    return clean_users_table(frame, file_report)
+
+
+def clean_users_table(frame, file_report, dedup=cleaning.drop_duplicates):
     frame = frame.rename(columns={"User-ID": "user_id", "Location": "location", "Age": "age"})
     frame = cleaning.clean_ids(frame, "user_id", "", file_report, "User-ID")
     bad_id = ~frame["user_id"].str.fullmatch(r"\d+").to_numpy(dtype=bool)
     file_report.drop("User-ID is not a whole number", frame["line"].to_numpy()[bad_id])
     frame = frame[~bad_id]
-    frame = cleaning.drop_duplicates(frame, ["user_id"], file_report,
-                                     "duplicate User-ID; the first one is kept", keep="first")
+    frame = dedup(frame, ["user_id"], file_report, "duplicate User-ID; the first one is kept",
+                  keep="first")
     spec = {s.name: s for s in user_features()}
     frame["age"] = cleaning.clean_number(frame, "age", spec["age"], file_report, "Age")
     frame["location"] = frame["location"].astype(str).str.strip()
@@ -162,13 +191,16 @@ def _read_users(input_file, sep, escape, report):
 
 def _read_books(input_file, sep, escape, report, item_specs):
     frame, file_report = _read(input_file, BOOKS_COLUMNS, sep, escape, report)
+    return clean_books_table(frame, input_file.display, file_report, item_specs)
+
+
+def clean_books_table(frame, display, file_report, item_specs, dedup=cleaning.drop_duplicates):
     frame = frame.rename(columns={"ISBN": "item_id", "Book-Title": "title", "Book-Author": "author",
                                   "Year-Of-Publication": "year", "Publisher": "publisher"})
     spec = {s.name: s for s in item_specs}
-    frame = cleaning.normalize_item_ids(frame, spec["item_id"], input_file.display, file_report,
-                                        "ISBN")
-    frame = cleaning.drop_duplicates(frame, ["item_id"], file_report,
-                                     "duplicate ISBN; the first one is kept", keep="first")
+    frame = cleaning.normalize_item_ids(frame, spec["item_id"], display, file_report, "ISBN")
+    frame = dedup(frame, ["item_id"], file_report, "duplicate ISBN; the first one is kept",
+                  keep="first")
     for column, label in (("title", "Book-Title"), ("author", "Book-Author"),
                           ("publisher", "Publisher")):
         frame[column] = cleaning.clean_text(frame, column, file_report, label)

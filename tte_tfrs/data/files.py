@@ -46,6 +46,7 @@ class InputFile:
     name: str
     opener: object
     in_archive: bool = False
+    stream_opener: object = None        # returns a binary file object (reading in chunks)
 
     def read_bytes(self):
         try:
@@ -53,6 +54,10 @@ class InputFile:
         except READ_ERRORS as exc:
             raise DataError(self.display, f"cannot be read ({type(exc).__name__}: {exc}); is the "
                             "file complete and not damaged?") from None
+
+    def size(self):
+        """Uncompressed size in bytes (a gzip file: its compressed size), or None."""
+        return self.stream_opener.size if self.stream_opener is not None else None
 
 
 def _bare_name(name):
@@ -70,13 +75,34 @@ def _zip_members(zip_path, display_prefix):
         raise DataError(zip_path, f"is not a readable zip archive ({exc})") from None
     with archive:
         names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
     found = []
     for member in names:
         def opener(member=member):
             with zipfile.ZipFile(zip_path) as z:
                 return z.read(member)
-        found.append(InputFile(f"{display_prefix}:{member}", _bare_name(member), opener, True))
+        stream = _Stream(lambda member=member: _open_member(zip_path, member), sizes.get(member))
+        found.append(InputFile(f"{display_prefix}:{member}", _bare_name(member), opener, True,
+                               stream))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    """Opens a file for reading in chunks; `size` is its (uncompressed, when known) byte count."""
+
+    open: object
+    size: int | None
+
+    def __call__(self):
+        return self.open()
+
+
+def _open_member(zip_path, member):
+    archive = zipfile.ZipFile(zip_path)
+    stream = archive.open(member)
+    stream.archive = archive        # keeps the archive open as long as the member is read
+    return stream
 
 
 def list_input_files(path):
@@ -123,12 +149,14 @@ def _entries_for_file(full):
         def opener(full=full):
             with gzip.open(full, "rb") as f:
                 return f.read()
-        return [InputFile(full, _bare_name(full), opener)]
+        stream = _Stream(lambda: gzip.open(full, "rb"), os.path.getsize(full))
+        return [InputFile(full, _bare_name(full), opener, stream_opener=stream)]
 
     def opener(full=full):
         with open(full, "rb") as f:
             return f.read()
-    return [InputFile(full, _bare_name(full), opener)]
+    stream = _Stream(lambda: open(full, "rb"), os.path.getsize(full))
+    return [InputFile(full, _bare_name(full), opener, stream_opener=stream)]
 
 
 def decode_text(data, file_report, preferred="utf-8"):
@@ -173,7 +201,21 @@ def parse_delimited(text, input_file, file_report, expected_header, delimiter, e
       DataError: the header does not match, naming the file, line 1 and the expected columns; or a
         field longer than the parser's limit (an unterminated quote), naming the line it starts on.
     """
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
+    chunks = iter_delimited(io.StringIO(text, newline=""), input_file, file_report,
+                            expected_header, delimiter, escapechar, has_header)
+    return next(chunks)
+
+
+def iter_delimited(lines, input_file, file_report, expected_header, delimiter, escapechar=None,
+                   has_header=True, chunk_rows=None):
+    """`parse_delimited` over an iterable of text lines, yielding (columns, lines) chunks of at
+    most `chunk_rows` rows (all rows in one chunk when None); counts go to `file_report` as the
+    chunks are read, so a file read in chunks is reported exactly as one read whole.
+
+    Raises:
+      DataError: the header does not match, naming the file, line 1 and the expected columns.
+    """
+    reader = csv.reader(lines, delimiter=delimiter, quotechar='"',
                         escapechar=escapechar, doublequote=True, strict=False)
     width = len(expected_header)
     if has_header:
@@ -187,33 +229,40 @@ def parse_delimited(text, input_file, file_report, expected_header, delimiter, e
                 f"expected the columns {delimiter.join(expected_header)[:300]!r} "
                 f"(separated by {delimiter!r}), found {delimiter.join(header)[:300]!r}",
                 line=1)
-    columns = [[] for _ in range(width)]
-    lines = []
-    bad_lines, long_lines, swallowed = [], [], []
     while True:
-        start = reader.line_num + 1
-        row = _next_row(reader, input_file)
-        if row is None:
-            break
-        end = reader.line_num
-        if end - start + 1 > MAX_RECORD_LINES:
-            swallowed.extend(range(start, end + 1))
-        elif len(row) == width:
-            if max(map(len, row)) > MAX_FIELD_CHARS:
-                long_lines.append(end)
-                continue
-            for column, value in zip(columns, row):
-                column.append(value)
-            lines.append(end)
-        elif row and any(field.strip() for field in row):
-            bad_lines.append(end)
-    file_report.rows_read += len(lines) + len(bad_lines) + len(long_lines) + len(swallowed)
-    file_report.drop(f"malformed line (expected {width} fields)", bad_lines)
-    file_report.drop(f"a field longer than {MAX_FIELD_CHARS:,} characters", long_lines)
-    if swallowed:
-        file_report.drop(f"lines swallowed by a record that runs on from line {swallowed[0]} "
-                         "(an unterminated quote?)", swallowed)
-    return columns, lines
+        columns = [[] for _ in range(width)]
+        lines_kept = []
+        bad_lines, long_lines, swallowed = [], [], []
+        while True:
+            start = reader.line_num + 1
+            row = _next_row(reader, input_file)
+            if row is None:
+                break
+            end = reader.line_num
+            if end - start + 1 > MAX_RECORD_LINES:
+                swallowed.extend(range(start, end + 1))
+            elif len(row) == width:
+                if max(map(len, row)) > MAX_FIELD_CHARS:
+                    long_lines.append(end)
+                else:
+                    for column, value in zip(columns, row):
+                        column.append(value)
+                    lines_kept.append(end)
+            elif row and any(field.strip() for field in row):
+                bad_lines.append(end)
+            if chunk_rows is not None and len(lines_kept) >= chunk_rows:
+                break
+        file_report.rows_read += len(lines_kept) + len(bad_lines) + len(long_lines) + len(swallowed)
+        file_report.drop(f"malformed line (expected {width} fields)", bad_lines)
+        file_report.drop(f"a field longer than {MAX_FIELD_CHARS:,} characters", long_lines)
+        if swallowed:
+            file_report.drop(f"lines swallowed by a record that runs on from line {swallowed[0]} "
+                             "(an unterminated quote?)", swallowed)
+        if chunk_rows is not None and not lines_kept:      # the end of the file
+            return
+        yield columns, lines_kept
+        if chunk_rows is None:
+            return
 
 
 def _next_row(reader, input_file):

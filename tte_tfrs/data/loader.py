@@ -59,6 +59,22 @@ def load_dataset(path=None, dataset="auto"):
     Raises:
       DataError: nothing recognisable is in `path`, or a file cannot be used at all.
     """
+    path, files, layout, present = choose_layout(path, dataset)
+    if layout == "movielens":
+        result = read_movielens(files, path)
+    else:
+        result = read_bookcrossing(files, layout, path)
+    note_layouts(result.report, path, dataset, layout, present)
+    result.report.counts.update(result.counts())
+    return result
+
+
+def choose_layout(path=None, dataset="auto"):
+    """(path, files, layout, layouts present) of the data `load_dataset` would read.
+
+    Raises:
+      DataError: nothing recognisable is in `path`, or `dataset`'s files are not there.
+    """
     if dataset not in DATASETS:
         raise DataError(path or DEFAULT_DATA_DIR, f"unknown dataset {dataset!r}; expected one of "
                         + ", ".join(DATASETS))
@@ -77,12 +93,11 @@ def load_dataset(path=None, dataset="auto"):
         if layout not in present:
             raise DataError(path, f"--dataset={dataset} was asked for but its files are not there; "
                             "found " + (", ".join(sorted(files)) or "no files"))
-    if layout == "movielens":
-        result = read_movielens(files, path)
-    else:
-        result = read_bookcrossing(files, layout, path)
+    return path, files, layout, present
+
+
+def note_layouts(report, path, dataset, layout, present):
+    """Warns in `report` when `path` held several layouts and one was picked."""
     if dataset == "auto" and len(present) > 1:
-        result.report.warn(f"{path} holds several layouts ({', '.join(present)}); read {layout}. "
-                           "Pass --dataset to choose another.")
-    result.report.counts.update(result.counts())
-    return result
+        report.warn(f"{path} holds several layouts ({', '.join(present)}); read {layout}. "
+                    "Pass --dataset to choose another.")

@@ -32,15 +32,45 @@ def make_training_dataset(preprocess, columns, batch_size, shuffle=False, seed=0
         `TwoTowerRatingModel.preprocess`; ragged outputs are fine.
       columns: dict of equal-length numpy columns.
     """
+    return batches_of(preprocess_columns(preprocess, columns, chunk_size), batch_size,
+                      shuffle=shuffle, seed=seed)
+
+
+def preprocess_columns(preprocess, columns, chunk_size=65536):
+    """`preprocess` run over all `columns` in chunks: a nested dict of whole-data tensors."""
     chunks = [preprocess(chunk) for chunk in make_tf_dataset(columns, chunk_size)]
-    tensors = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *chunks)
-    n = len(next(iter(columns.values())))
+    return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *chunks)
+
+
+def batches_of(tensors, batch_size, shuffle=False, seed=0, part=None):
+    """Batches of the rows of a nested dict of in-memory tensors (`preprocess_columns`).
+
+    Args:
+      part: (index, count): only the index-th of `count` equal slices of every batch, for one of
+        `count` replicas that share each step (the slices together are the whole batch).
+    """
+    n = _rows(tensors)
     rows = tf.data.Dataset.range(n)
     if shuffle:
         rows = rows.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    data = rows.batch(batch_size).map(
+    rows = rows.batch(batch_size)
+    if part is not None:
+        index, count = part
+        rows = rows.map(lambda batch: _slice(batch, index, count))
+    data = rows.map(
         lambda index: tf.nest.map_structure(lambda t: tf.gather(t, index), tensors),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     return data.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _rows(tensors):
+    first = tf.nest.flatten(tensors)[0]
+    return int(first.shape[0] if not isinstance(first, tf.RaggedTensor) else first.nrows())
+
+
+def _slice(batch, index, count):
+    size = tf.shape(batch, out_type=tf.int64)[0]
+    share = (size + count - 1) // count
+    return batch[tf.minimum(index * share, size):tf.minimum((index + 1) * share, size)]

@@ -35,7 +35,6 @@ import tensorflow as tf
 
 from tte_tfrs import ids
 from tte_tfrs.data.dataset import fill_missing
-from tte_tfrs.data.tfdata import make_tf_dataset
 from tte_tfrs.errors import ExportError
 from tte_tfrs.evaluation.plots import plot_training_curve
 from tte_tfrs.exports import lifecycle
@@ -97,13 +96,15 @@ def _save(module, signature, path):
 
 
 def item_embeddings(item_tower, catalogue, specs, batch_size=8192):
-    """Runs the item tower over every catalogue row; returns float32 [items, k + 2]."""
-    columns = {s.name: catalogue[s.name].to_numpy() for s in specs}
-    for spec in specs:
-        if spec.kind != "number":
-            columns[spec.name] = columns[spec.name].astype(object)
-    data = make_tf_dataset(columns, batch_size)
-    return np.concatenate([item_tower(batch).numpy() for batch in data]).astype(np.float32)
+    """Runs the item tower over every catalogue row, a batch at a time (only one batch of the
+    catalogue is ever a tensor); returns float32 [items, k + 2]."""
+    parts = []
+    for start in range(0, len(catalogue), batch_size):
+        rows = catalogue.iloc[start:start + batch_size]
+        batch = {s.name: tf.constant(rows[s.name].to_numpy(np.float32) if s.kind == "number"
+                                     else rows[s.name].to_numpy().astype(object)) for s in specs}
+        parts.append(item_tower(batch).numpy())
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _top_k_layer(embeddings, ids, k):
@@ -155,6 +156,15 @@ def interactions_of(result):
     if result.parent is not None:
         pairs = pd.concat([pairs, result.parent.interactions], ignore_index=True)
     return pairs.drop_duplicates()
+
+
+def users_and_rated(result, item_ids):
+    """(known users' table, who rated what); a streamed data set (ratings on disk) computes both
+    chunk by chunk."""
+    streamed = getattr(result.dataset, "export_users", None)
+    if streamed is not None and result.parent is None:
+        return streamed(item_ids)
+    return users_of(result), rated_items(interactions_of(result), item_ids)
 
 
 def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
@@ -223,7 +233,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
     user_specs, item_specs = dataset.user_features, dataset.item_features
     user_tower, item_tower = model.user_tower, model.item_tower
     catalogue = catalogue_of(result)
-    users = users_of(result)
+    users, rated = users_and_rated(result, catalogue["item_id"].tolist())
     check_exportable(result, catalogue, users)
     embeddings = item_embeddings(item_tower, catalogue, item_specs)
     if not np.isfinite(embeddings).all():
@@ -279,8 +289,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
         folder = os.path.join(staging, USERS)
         os.makedirs(folder)
         users.to_csv(os.path.join(folder, USERS_FILE), index=False)
-        np.savez(os.path.join(folder, RATED_FILE),
-                 **rated_items(interactions_of(result), catalogue["item_id"].tolist()))
+        np.savez(os.path.join(folder, RATED_FILE), **rated)
         checkpoint_files = checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
 
         folder = os.path.join(staging, TRAINING)

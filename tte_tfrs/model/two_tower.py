@@ -25,6 +25,12 @@ class TwoTowerRatingModel(tfrs.Model):
     scope, from `Tower.embed_with_penalty`) plus the towers' Keras weight regularizers (table
     scope, hidden-layer kernels). The steps mirror ``tfrs.Model``'s and report the same metrics
     (``loss``, ``regularization_loss``, ``total_loss``, ``rmse``, ``mae``).
+
+    Under a `tf.distribute` strategy each replica computes its share of the batch's loss (the
+    per-example losses summed over the global batch size, `tf.nn.compute_average_loss`, and J
+    over the number of replicas), so the summed gradients and the reported values are those of
+    the whole batch in one process; metrics are reported once, not summed over the workers
+    (``distribute_reduction_method = "first"``: Keras' metrics are already global).
     """
 
     def __init__(self, user_tower: Tower, item_tower: Tower):
@@ -32,9 +38,11 @@ class TwoTowerRatingModel(tfrs.Model):
         self.user_tower = user_tower
         self.item_tower = item_tower
         self.task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(),
+            # Per-example losses: averaged by losses_of, as tf.distribute needs.
+            loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"),
                      tf.keras.metrics.MeanAbsoluteError(name="mae")])
+        self.distribute_reduction_method = "first"
 
     def call(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Predicted ratings for a batch of raw feature dicts: the row-wise dot product."""
@@ -49,18 +57,27 @@ class TwoTowerRatingModel(tfrs.Model):
         return {USER: self.user_tower.preprocess(features),
                 ITEM: self.item_tower.preprocess(features), RATING: features[RATING]}
 
+    def score(self, inputs: Mapping) -> tf.Tensor:
+        """Predicted ratings of a batch from `preprocess` (no J, no metrics)."""
+        return tf.reduce_sum(self.user_tower.embed(inputs[USER]) * self.item_tower.embed(inputs[ITEM]),
+                             axis=1)
+
     def compute_loss(self, inputs: Mapping, training: bool = False) -> tf.Tensor:
         """The task loss on a batch from `preprocess` (J apart: see `losses_of`)."""
         return self.losses_of(inputs, training)[0]
 
     def losses_of(self, inputs: Mapping, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-        """(task loss, regularization loss) of a batch from `preprocess`."""
+        """(task loss, regularization loss) of a batch from `preprocess`: this replica's share,
+        so that the sums over the replicas of a strategy are the values of the whole batch (in
+        one process: the values themselves)."""
         user, user_penalty = self.user_tower.embed_with_penalty(inputs[USER])
         item, item_penalty = self.item_tower.embed_with_penalty(inputs[ITEM])
         predictions = tf.reduce_sum(user * item, axis=1)
-        loss = self.task(labels=inputs[RATING], predictions=predictions, training=training)
+        per_example = self.task(labels=inputs[RATING][:, tf.newaxis],
+                                predictions=predictions[:, tf.newaxis], training=training)
+        loss = tf.nn.compute_average_loss(per_example)
         penalties = [user_penalty, item_penalty] + [tf.reduce_sum(x) for x in self.losses]
-        return loss, tf.reduce_sum(tf.stack(penalties))
+        return loss, per_replica(tf.reduce_sum(tf.stack(penalties)))
 
     def train_step(self, inputs: Mapping) -> dict:
         with tf.GradientTape() as tape:
@@ -78,5 +95,16 @@ class TwoTowerRatingModel(tfrs.Model):
     def _report(self, loss: tf.Tensor, regularization_loss: tf.Tensor,
                 total_loss: tf.Tensor) -> dict:
         metrics = {metric.name: metric.result() for metric in self.metrics}
-        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        values = (loss, regularization_loss, total_loss)
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:     # the shares -> the batch's
+            values = tf.unstack(tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.stack(values)))
+        metrics.update(zip(("loss", "regularization_loss", "total_loss"), values))
         return metrics
+
+
+def per_replica(value: tf.Tensor) -> tf.Tensor:
+    """`value` (a whole batch's term, such as J) divided by the number of replicas in sync, so
+    that summing the replicas' shares gives it once (unchanged in one process)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value / replicas if replicas > 1 else value

@@ -28,7 +28,7 @@ from tte_tfrs.training.config import field_help
 HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
 # Flags that name paths: `run` expands ~ and $VARS in them before the script sees them.
 PATH_FLAGS = ("data_dir", "output_dir", "tensorboard_dir", "rollback", "warm_start_from", "json",
-              "plot")
+              "plot", "streaming_dir", "backup_dir")
 
 Main = Callable[[flags.FlagValues], int]
 

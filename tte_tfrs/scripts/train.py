@@ -6,6 +6,8 @@ Examples:
   tte-train --data_dir=ml-100k --dataset=movielens --split=u1
   tte-train --warm_start_from=saved_models --data_dir=new_ratings/   # next version, updated
   tte-train --rollback=saved_models           # make the previous version current again
+  TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker",
+    "index": 0}}' tte-train --strategy=multi_worker   # the same command on every worker
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from tte_tfrs.errors import ConfigError
 from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.layout import ROLLED_BACK
 from tte_tfrs.scripts import cli
+from tte_tfrs.training import distributed
 from tte_tfrs.training.config import TrainConfig
 from tte_tfrs.workflows import train_and_export, update_and_export
 
 PROGRAM = "tte-train"
 # TrainConfig fields that are not flags: log_dir is --tensorboard_dir (default OUTPUT_DIR/logs).
 NOT_FLAGS = ("log_dir",)
+BACKUP = ".backup"          # BackupAndRestore's folder under OUTPUT_DIR when a strategy is set
 
 
 def define_flags(values: flags.FlagValues) -> None:
@@ -67,6 +71,11 @@ def main(values: flags.FlagValues) -> int:
             raise ConfigError("--warm_start_from writes the next version into the folder it "
                               "continues; leave --output_dir out", field="output_dir")
         overrides = cli.config_values(values, TrainConfig, only_given=True)
+        if overrides.get("strategy", "none") != "none" or overrides.get("input_mode") == "streaming":
+            raise ConfigError("an update (--warm_start_from) runs in one process with its data in "
+                              "memory; leave out --strategy and --input_mode=streaming",
+                              field="strategy" if "strategy" in overrides else "input_mode")
+        overrides.update(strategy="none", input_mode="memory")
         _check_alone(overrides)
         overrides["log_dir"] = _log_dir(values, output_dir)
         overrides["verbose"] = values.verbose
@@ -78,10 +87,12 @@ def main(values: flags.FlagValues) -> int:
             _prune(output_dir, values.keep_versions)
         return 0
     output_dir = values.output_dir
-    config = TrainConfig(**cli.config_values(values, TrainConfig),
-                         log_dir=_log_dir(values, output_dir))
-    with lifecycle.writer_lock(output_dir):
-        train_and_export(config, output_dir)
+    settings = cli.config_values(values, TrainConfig)
+    if settings["strategy"] != "none" and not settings["backup_dir"]:
+        settings["backup_dir"] = os.path.join(output_dir, BACKUP)
+    config = TrainConfig(**settings, log_dir=_log_dir(values, output_dir))
+    train_and_export(config, output_dir)
+    if distributed.read_role(config.strategy).is_chief:    # other workers wrote a temporary copy
         _prune(output_dir, values.keep_versions)
     return 0
 

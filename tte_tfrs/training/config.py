@@ -1,8 +1,9 @@
 """Plain configuration objects of a training run, validated in one place.
 
 `TrainConfig` is what users build (``TrainConfig(data_dir="archive.zip", epochs=10)``) and what the
-manifest records, flat. It is made of three parts that functions can ask for by type: `DataConfig`
-(which rows), `ModelConfig` (the towers' shape and J) and `TrainerConfig` (optimisation). Every
+manifest records, flat. It is made of four parts that functions can ask for by type: `DataConfig`
+(which rows), `ModelConfig` (the towers' shape and J), `TrainerConfig` (optimisation) and
+`ScaleConfig` (tf.distribute strategy, streaming). Every
 part lists its own checks; `validate` runs all of them and raises a `ConfigError` naming the field.
 """
 
@@ -23,6 +24,8 @@ from tte_tfrs.model.towers import REGULARIZATION_SCOPES
 
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
 REGULARIZERS = ("l1", "l2")
+STRATEGIES = ("none", "multi_worker", "parameter_server")
+INPUT_MODES = ("auto", "memory", "streaming")
 
 Check = tuple[str, bool, str]           # (field, holds, what is expected)
 
@@ -245,7 +248,50 @@ class TrainerConfig(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig(DataConfig, ModelConfig, TrainerConfig):
+class ScaleConfig(ConfigBase):
+    """Where training runs and how data larger than memory is read (`tte_tfrs.training.scaled`).
+
+    Attributes:
+      strategy: none (one process), multi_worker (tf.distribute.MultiWorkerMirroredStrategy: every
+        worker runs the same command with its TF_CONFIG, the chief exports) or parameter_server
+        (tf.distribute.ParameterServerStrategy: TF_CONFIG names a chief, the coordinator that
+        trains and exports, and worker and ps tasks that serve it).
+      input_mode: memory (every table in memory), streaming (files read in chunks, rows written
+        once to sharded TFRecord files that tf.data reads; Book-Crossing layouts) or auto
+        (streaming when the ratings file is larger than streaming_threshold_mb).
+      streaming_threshold_mb: ratings file size in MB (uncompressed; a .gz file's own size)
+        above which auto streams.
+      streaming_dir: where streaming writes its shards (a folder every worker can read for
+        parameter_server); None means a temporary folder, removed after training.
+      backup_dir: tf.keras.callbacks.BackupAndRestore folder: a restarted worker resumes from
+        the last finished epoch; None disables it (tte-train defaults it to
+        OUTPUT_DIR/.backup when a strategy is set).
+      min_shard_bytes: parameter_server: embedding tables larger than this are split into up
+        to one shard per parameter server (tf.distribute MinSizePartitioner).
+    """
+
+    strategy: str = "none"
+    input_mode: str = "auto"
+    streaming_threshold_mb: float = 256.0
+    streaming_dir: str | None = None
+    backup_dir: str | None = None
+    min_shard_bytes: int = 256 << 10
+
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"strategy": STRATEGIES,
+                                                     "input_mode": INPUT_MODES}
+
+    def _checks(self) -> Iterator[Check]:
+        yield "strategy", self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"
+        yield "input_mode", self.input_mode in INPUT_MODES, \
+            f"must be one of {', '.join(INPUT_MODES)}"
+        yield "streaming_threshold_mb", finite_number(self.streaming_threshold_mb, 0), \
+            "must be a number >= 0"
+        yield "min_shard_bytes", whole_number(self.min_shard_bytes, 1), \
+            "must be a whole number >= 1"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(DataConfig, ModelConfig, TrainerConfig, ScaleConfig):
     """Everything that decides a training run: same config and data give the same model.
 
     The fields of `DataConfig`, `ModelConfig` and `TrainerConfig`, flat. The defaults were tuned on
@@ -256,7 +302,7 @@ class TrainConfig(DataConfig, ModelConfig, TrainerConfig):
     """
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
-        **DataConfig.choices, **ModelConfig.choices, **TrainerConfig.choices}
+        **DataConfig.choices, **ModelConfig.choices, **TrainerConfig.choices, **ScaleConfig.choices}
 
 
 def field_help(config_class: type) -> dict[str, str]:

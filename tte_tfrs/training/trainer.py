@@ -85,7 +85,10 @@ class EpochTimer(tf.keras.callbacks.Callback):
         self.seconds = []
         self._started = self._stopped = None
 
+    epoch = 0          # the epoch running (1-based), for messages
+
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
         self._started, self._stopped = time.perf_counter(), None
 
     def on_test_begin(self, logs=None):
@@ -122,15 +125,6 @@ class BestEpoch(tf.keras.callbacks.Callback):
                 variable.assign(value)
 
 
-class CurrentEpoch(tf.keras.callbacks.Callback):
-    """Remembers which epoch is running, for messages."""
-
-    epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch + 1
-
-
 def diverged(config: TrainConfig, where: str) -> ConfigError:
     """The error for a run whose loss or weights became NaN or infinite."""
     return ConfigError(
@@ -165,6 +159,14 @@ def rmse_mae(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     return metrics.rmse(truth, predicted), metrics.mae(truth, predicted)
 
 
+def seed_process(config: TrainConfig) -> None:
+    """Validates `config` and seeds TensorFlow (deterministic ops when asked)."""
+    config.validate()
+    tf.keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
 def start(config: TrainConfig, dataset: Dataset | None = None) -> tuple[Dataset, Splits, dict, dict]:
     """Seeds TensorFlow, loads the data if needed and splits it.
 
@@ -178,12 +180,9 @@ def start(config: TrainConfig, dataset: Dataset | None = None) -> tuple[Dataset,
     Raises:
       ConfigError: a bad setting or an unwritable log folder. DataError: unusable data.
     """
-    config.validate()
+    seed_process(config)
     if config.log_dir:
         paths.writable_folder(config.log_dir, "log_dir")
-    tf.keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     if dataset is None:
         if config.verbose:
             print(f"Reading {config.data_dir or 'the embedded data'} ...", flush=True)
@@ -215,14 +214,7 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
     model.compile(optimizer=make_optimizer(config))
     if optimizer_state:
         checkpoint.restore_optimizer(model, optimizer_state)
-    timer, current = EpochTimer(), CurrentEpoch()
-    callbacks = [timer, current]
-    if config.early_stopping_patience:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(
-            monitor="val_rmse", mode="min", patience=config.early_stopping_patience))
-        callbacks.append(BestEpoch())
-    if config.log_dir:
-        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
+    timer, callbacks = make_callbacks(config)
 
     started = time.perf_counter()
     train_data = make_training_dataset(model.preprocess, train_columns, config.batch_size,
@@ -234,17 +226,36 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
     except tf.errors.InvalidArgumentError as exc:
         if NON_FINITE_LOSS not in str(exc):
             raise
-        raise diverged(config, f"the loss in epoch {current.epoch}") from None
+        raise diverged(config, f"the loss in epoch {timer.epoch}") from None
     check_finite(model, config)
-    train_seconds = time.perf_counter() - started
-    epochs_run = len(history.history.get("loss", []))
-    examples = len(train_columns[RATING])
+    return fit_summary(history.history, timer, len(train_columns[RATING]),
+                       time.perf_counter() - started)
+
+
+def make_callbacks(config: TrainConfig) -> tuple[EpochTimer, list]:
+    """(the epoch timer, every callback of a fit): early stopping on validation RMSE (the best
+    epoch's weights and optimizer state kept) and, with ``log_dir``, TensorBoard logs."""
+    timer = EpochTimer()
+    callbacks = [timer]
+    if config.early_stopping_patience:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_rmse", mode="min", patience=config.early_stopping_patience))
+        callbacks.append(BestEpoch())
+    if config.log_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
+    return timer, callbacks
+
+
+def fit_summary(history: dict, timer: EpochTimer, examples: int,
+                train_seconds: float) -> tuple[dict, dict]:
+    """(history as plain floats, the fit metrics `fit` documents) of a finished Keras fit."""
+    epochs_run = len(history.get("loss", []))
     # The first epoch also traces the step function; later ones show the steady training rate.
-    steady = float(np.median(timer.seconds[1:] or timer.seconds))
+    steady = float(np.median(timer.seconds[1:] or timer.seconds or [train_seconds]))
     fit_metrics = {"epochs_run": epochs_run, "train_seconds": round(train_seconds, 3),
                    "train_examples_per_second": round(epochs_run * examples / train_seconds),
                    "epoch_examples_per_second": round(examples / steady)}
-    return {k: [float(x) for x in v] for k, v in history.history.items()}, fit_metrics
+    return {k: [float(x) for x in v] for k, v in history.items()}, fit_metrics
 
 
 def evaluate_splits(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits,
@@ -281,6 +292,9 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
       DataError: the data cannot be read. ConfigError: the config does not fit the data.
     """
     config = config if config is not None else TrainConfig()
+    from tte_tfrs.training import scaled  # a strategy or streamed data: scaled.train
+    if scaled.uses_scaled_path(config, dataset):
+        return scaled.train(config, dataset)
     dataset, splits, train_columns, validation_columns = start(config, dataset)
     global_mean = float(np.mean(train_columns[RATING]))
     model = build_model(config, dataset, train_columns, global_mean)
