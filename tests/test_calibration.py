@@ -145,3 +145,18 @@ def test_bad_index_flags_are_named_before_anything_is_read(flags, named, tmp_pat
     code = index_script.run(["tte-index", f"--output_dir={tmp_path / 'none'}", *flags])
     assert code == 2
     assert capsys.readouterr().err.startswith(f"tte-index: error: {named}: ")
+
+
+def test_auto_keeps_the_fastest_backend_reaching_the_target(exported, capsys):
+    code = index_script.run(["tte-index", f"--output_dir={exported.output_dir}", "--backend=auto",
+                             "--calibration_queries=50"])
+    assert code == 0
+    manifest = json.load(open(os.path.join(exported.output_dir, MANIFEST)))
+    chosen = [name for name, meta in manifest["indexes"].items() if "auto" in meta]
+    assert len(chosen) == 1
+    compared = manifest["indexes"][chosen[0]]["auto"]["compared"]
+    assert set(compared) >= {"faiss-ivfpq", "faiss-hnsw", "exact"}
+    reaching = {name: r["single_query_p50_ms"] for name, r in compared.items() if r.get("reached")}
+    assert chosen[0] == min(reaching, key=reaching.get)
+    assert "skipped" in compared["faiss-ivfpq"]            # too few items for a trained index
+    assert f"tte-recommend --backend={chosen[0]}" in capsys.readouterr().out

@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from tte_tfrs.errors import ExportError
+from tte_tfrs.errors import ConfigError, ExportError
 from tte_tfrs.exports import lifecycle
 from tte_tfrs.exports.reader import ExportReader
-from tte_tfrs.retrieval.calibration import CalibrationConfig, calibrate, queries_from_users
+from tte_tfrs.retrieval.calibration import (
+    CalibrationConfig,
+    calibrate,
+    exact_truth,
+    queries_from_users,
+)
 from tte_tfrs.retrieval.item_index import DEFAULT_RERANK, IndexMismatchError, ItemIndex
-from tte_tfrs.retrieval.registry import DEFAULT_BACKEND, get_backend
+from tte_tfrs.retrieval.registry import DEFAULT_BACKEND, get_backend, installed_backends
 
 USER_BATCH = 1024
+AUTO = "auto"                   # build_index(backend="auto"): the fastest backend meeting the target
+AUTO_CANDIDATES = ("faiss-ivfpq", "scann", "faiss-hnsw", "exact")
 DEFAULT_CALIBRATION = CalibrationConfig()
 
 
@@ -81,6 +88,11 @@ def build_index(output_dir: str, backend: str = DEFAULT_BACKEND,
     goes to ``OUTPUT_DIR/index/<backend>/<version>/`` (replacing an older one
     atomically) and the manifest's ``indexes`` entry records its settings and the calibration.
 
+    With ``backend="auto"`` every installed in-process backend (faiss-ivfpq, scann, faiss-hnsw and
+    exact) is built with its defaults and calibrated on the same queries, and the one with the
+    fastest single query among those reaching the target is saved; the manifest records the
+    comparison as ``auto``.
+
     Returns:
       (ItemIndex, metadata dict).
 
@@ -88,6 +100,11 @@ def build_index(output_dir: str, backend: str = DEFAULT_BACKEND,
       ExportError: no export, or a damaged one. ConfigError: unknown backend or a setting out of
       range (naming it).
     """
+    if backend == AUTO:
+        if build_params or search_params or rerank:
+            raise ConfigError("backend auto takes no settings: each backend uses its defaults",
+                              field="backend")
+        return _build_fastest(ExportReader(output_dir), calibration or DEFAULT_CALIBRATION)
     reader = ExportReader(output_dir)
     backend_class = get_backend(backend)
     table = reader.item_table
@@ -100,6 +117,36 @@ def build_index(output_dir: str, backend: str = DEFAULT_BACKEND,
         return index, _save(reader, index, backend)
     except BaseException:
         index.backend.close()
+        raise
+
+
+def _build_fastest(reader: ExportReader, config: CalibrationConfig) -> tuple[ItemIndex, dict]:
+    """Builds and calibrates every candidate backend; saves the fastest reaching the target."""
+    table = reader.item_table
+    queries, sources = user_queries(reader, config.queries, config.seed)
+    truth = exact_truth(table.embeddings, queries, min(config.k, len(table.ids)))
+    compared: dict[str, dict] = {}
+    best: ItemIndex | None = None
+    for name in [b for b in AUTO_CANDIDATES if b in installed_backends()]:
+        index = ItemIndex.build(table.embeddings, table.ids, name)
+        if index.name != name:
+            compared[name] = {"skipped": " ".join(index.notes)}
+            continue
+        record = calibrate(index, queries, config, truth=truth, query_sources=sources)
+        compared[name] = {key: record[key] for key in ("reached", "recall", "single_query_p50_ms",
+                                                       "search_params", "rerank")}
+        faster = best is None or record["single_query_p50_ms"] < best.calibration["single_query_p50_ms"]
+        if record["reached"] and faster:
+            if best is not None:
+                best.backend.close()
+            best = index
+        else:
+            index.backend.close()
+    assert best is not None                     # exact search always reaches any target
+    try:
+        return best, _save(reader, best, best.name, auto={"chosen": best.name, "compared": compared})
+    except BaseException:
+        best.backend.close()
         raise
 
 

@@ -39,7 +39,8 @@ DEFAULT_K = 10
 DEFAULT_QUERIES = 1000
 MIN_REAL_QUERIES = 300        # fewer real users than this: add synthetic queries shaped like them
 CONFIDENCE_Z = 1.645          # one-sided 95%
-TIMED_QUERIES = 200           # single queries timed per candidate setting
+TIMED_QUERIES = 200           # single queries timed per candidate setting...
+TIMING_BUDGET_S = 2.0         # ...or fewer (at least 5) when they would take longer than this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +164,13 @@ def single_query_p50(index: ItemIndex, queries: np.ndarray, k: int,
     try:
         index.backend.set_search_params(**search_params)
         index.rerank = rerank
+        started = time.perf_counter()
         for query in queries[:5]:                       # warm caches
             index.search(query[None, :], k, fallback=False)
+        each = (time.perf_counter() - started) / min(5, len(queries))
+        count = int(min(TIMED_QUERIES, max(5, TIMING_BUDGET_S / max(each, 1e-9))))
         times = []
-        for query in queries[:TIMED_QUERIES]:
+        for query in queries[:count]:
             started = time.perf_counter()
             index.search(query[None, :], k, fallback=False)
             times.append(time.perf_counter() - started)

@@ -61,12 +61,12 @@ def rank(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     """
     scores = np.asarray(scores, np.float32)
     rows = np.asarray(rows, np.int64)
-    width = rows.shape[1]
-    if width < k:
-        pad = k - width
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-    tie_key = np.where(rows < 0, np.iinfo(np.int64).max, rows)
+    missing = rows < 0
+    tie_key = np.where(missing, np.iinfo(np.int64).max, rows) if missing.any() else rows
     order = np.lexsort((tie_key, -scores), axis=1)[:, :k]
     best_rows = np.take_along_axis(rows, order, axis=1)
     best_scores = np.take_along_axis(scores, order, axis=1)

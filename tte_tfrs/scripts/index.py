@@ -9,6 +9,7 @@ Examples:
   tte-index                                  # faiss-ivfpq over saved_models/, calibrated to 0.95
   tte-index --backend=scann --target_recall=0.99
   tte-index --backend=faiss-hnsw --hnsw_m=32 --ef_search=128
+  tte-index --backend=auto                   # the fastest backend reaching the target here
   tte-index --backend=milvus                 # Milvus Lite, saved inside the export
   tte-index --backend=milvus --milvus_uri=http://milvus.internal:19530 --milvus_index_type=IVF_FLAT
 """
@@ -25,7 +26,7 @@ from absl import flags
 from tte_tfrs.errors import ConfigError
 from tte_tfrs.retrieval import BACKENDS, DEFAULT_BACKEND, get_backend
 from tte_tfrs.retrieval.base import check_settings
-from tte_tfrs.retrieval.building import build_index
+from tte_tfrs.retrieval.building import AUTO, build_index
 from tte_tfrs.retrieval.calibration import (
     DEFAULT_K,
     DEFAULT_QUERIES,
@@ -73,8 +74,9 @@ STRING_FLAGS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
 def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("output_dir", "saved_models", "Export root written by tte-train.",
                         flag_values=values)
-    flags.DEFINE_enum("backend", DEFAULT_BACKEND, list(BACKENDS), "Retrieval backend.",
-                      flag_values=values)
+    flags.DEFINE_enum("backend", DEFAULT_BACKEND, [*BACKENDS, AUTO], "Retrieval backend; auto: "
+                      "build faiss-ivfpq, scann, faiss-hnsw and exact with their defaults and keep "
+                      "the fastest reaching --target_recall.", flag_values=values)
     flags.DEFINE_float("target_recall", DEFAULT_TARGET_RECALL, "Recall@k after exact re-ranking "
                        "that the calibrated search settings must reach, in (0, 1].",
                        flag_values=values)
@@ -140,9 +142,10 @@ def main(values: flags.FlagValues) -> int:
         if values.rerank is not None and values.rerank < 1:
             raise ConfigError(f"must be at least 1, got {values.rerank}", field="rerank")
         # Every value in range before anything is read (checks needing the catalogue come later).
-        backend_class = get_backend(values.backend)
-        check_settings(values.backend, "build", backend_class.BUILD, build)
-        check_settings(values.backend, "search", backend_class.SEARCH, search)
+        if values.backend != AUTO:
+            backend_class = get_backend(values.backend)
+            check_settings(values.backend, "build", backend_class.BUILD, build)
+            check_settings(values.backend, "search", backend_class.SEARCH, search)
         index, meta = build_index(cli.expand_path(values.output_dir), values.backend, build, search,
                                   calibration, rerank=values.rerank)
     except ConfigError as exc:
@@ -161,6 +164,15 @@ def main(values: flags.FlagValues) -> int:
           f"rerank {meta['rerank']}")
     if "milvus" in meta:
         print(f"  Milvus: {meta['milvus']['uri']}, collection {meta['milvus']['collection']}")
+    if "auto" in meta:
+        for name, result in meta["auto"]["compared"].items():
+            if "skipped" in result:
+                print(f"  auto: {name}: skipped ({result['skipped']})")
+            else:
+                print(f"  auto: {name}: recall {result['recall']:.4f}, single-query p50 "
+                      f"{result['single_query_p50_ms']:.3f} ms"
+                      + ("" if result["reached"] else " (target not reached)"))
+        print(f"  auto: kept {meta['backend']}; use it with tte-recommend --backend={meta['backend']}")
     calibrated = meta.get("calibration")
     if calibrated:
         print(format_calibration(calibrated))
