@@ -10,8 +10,8 @@ over its known users; see `queries_from_users`):
    before (`Backend.calibration_ladders`: nprobe for IVF-PQ, leaves and reorder depth for ScaNN,
    ef_search for HNSW, with the number of candidates re-ranked exactly);
 3. on each ladder a binary search finds the first rung whose recall@k *after exact re-ranking* (what
-   `ItemIndex.search`, and so `recommend`, returns) reaches the target with 95% confidence (its mean
-   less 1.645 standard errors over the queries);
+   `ItemIndex.search`, and so `recommend`, returns) reaches the target with 99% confidence (its mean
+   less 2.326 standard errors over the queries);
 4. the rungs found are timed one query at a time and the fastest wins. If no rung reaches the
    target, the most accurate rung measured is kept and the result says so.
 
@@ -38,7 +38,7 @@ DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_K = 10
 DEFAULT_QUERIES = 1000
 MIN_REAL_QUERIES = 300        # fewer real users than this: add synthetic queries shaped like them
-CONFIDENCE_Z = 1.645          # one-sided 95%
+CONFIDENCE_Z = 2.326          # one-sided 99%: the chosen setting holds on other queries too
 TIMED_QUERIES = 200           # single queries timed per candidate setting...
 TIMING_BUDGET_S = 2.0         # ...or fewer (at least 5) when they would take longer than this
 
@@ -195,7 +195,7 @@ def calibrate(index: ItemIndex, queries: np.ndarray, config: CalibrationConfig =
       fixed_rerank: candidates re-ranked per result, when the user chose it (kept).
 
     Returns:
-      A JSON-ready dict: target, k, queries, chosen settings, measured recall (and its 95% lower
+      A JSON-ready dict: target, k, queries, chosen settings, measured recall (and its 99% lower
       bound), single-query p50 and QPS, whether the target was reached, and a message.
     """
     k = int(min(config.k, len(index.ids)))

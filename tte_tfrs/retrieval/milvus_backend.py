@@ -112,7 +112,8 @@ class MilvusBackend(Backend):
     @classmethod
     def default_params(cls, count, dim):
         nlist = int(min(max(16, 4 * np.sqrt(max(count, 1))), max(count // 39, 1), 65536))
-        return ({"index_type": "HNSW", "m": 32, "ef_construction": 100, "nlist": nlist,
+        # HNSW settings as faiss-hnsw's (see there why M = 48, ef_construction = 200).
+        return ({"index_type": "HNSW", "m": 48, "ef_construction": 200, "nlist": nlist,
                  "pq_m": int(np.ceil((dim + 1) / 2)), "uri": "", "max_norm": 0.0},
                 {"ef": 128, "nprobe": min(nlist, 32)})
 

@@ -187,7 +187,7 @@ def format_calibration(record: dict[str, Any]) -> str:
     verdict = "reached" if record["reached"] else "NOT reached"
     return (f"  calibration: target recall@{record['k']} {record['target_recall']} {verdict} on "
             f"{source} queries: {record['search_params']}, rerank {record['rerank']} -> recall "
-            f"{record['recall']:.4f} (95% lower bound {record['recall_lower_bound']:.4f}), "
+            f"{record['recall']:.4f} (99% lower bound {record['recall_lower_bound']:.4f}), "
             f"single-query p50 {record['single_query_p50_ms']:.3f} ms ({record['qps']:,.0f} QPS) "
             f"[{record['message']}]")
 
