@@ -53,7 +53,7 @@ def old_defaults(index):
 
 
 @pytest.mark.parametrize("backend, build", [("faiss-ivfpq", {}), ("scann", {}),
-                                            ("faiss-hnsw", {"m": 8})])
+                                            ("faiss-hnsw", {"m": 8, "ef_construction": 100})])
 def test_calibrated_settings_reach_the_target_where_old_defaults_did_not(backend, build, catalogue):
     if backend not in installed_backends():
         pytest.skip(f"{backend} not installed")
