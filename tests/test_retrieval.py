@@ -89,9 +89,11 @@ def test_catalogue_has_ties_in_the_top_k(data):
     assert any(len(np.unique(items[row], axis=0)) < K for row in truth_rows)
 
 
-def test_exact_backend_matches_numpy(data):
-    items, users, ids, scores, rows = data
-    got_scores, got_rows = ItemIndex.build(items, ids, "exact").search(users, K)
+@pytest.mark.parametrize("k", [1, K, 400])
+def test_exact_backend_matches_numpy(k, data):
+    items, users, ids, _, _ = data
+    rows, scores = numpy_truth(items, users, k)
+    got_scores, got_rows = ItemIndex.build(items, ids, "exact").search(users, k)
     np.testing.assert_array_equal(got_rows, rows)
     np.testing.assert_allclose(got_scores, scores, rtol=1e-6)
 
