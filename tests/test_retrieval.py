@@ -52,8 +52,9 @@ def rating_like_embeddings(seed=0):
 
 
 def numpy_truth(items, users, k):
-    """Ground truth by numpy alone: float64 products, ties to the lower row (stable sort)."""
-    full = users.astype(np.float64) @ items.astype(np.float64).T
+    """Ground truth by numpy alone: float64 products rounded to float32 (the scores the package
+    returns), ties to the lower row (stable sort)."""
+    full = (users.astype(np.float64) @ items.astype(np.float64).T).astype(np.float32)
     order = np.argsort(-full, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(full, order, axis=1)
 
