@@ -126,7 +126,7 @@ def test_build_index_calibrates_on_the_exports_users_and_records_it(exported, ca
                              "--backend=faiss-hnsw", "--calibration_queries=50"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "calibration: target recall@10 0.95 reached on" in out and "users" in out
+    assert "calibration: target recall@10 0.95 reached on 50 user queries" in out
     manifest = json.load(open(os.path.join(exported.output_dir, MANIFEST)))
     record = manifest["indexes"]["faiss-hnsw"]["calibration"]
     assert record["queries"]["users"] == 50 and record["reached"] and record["recall"] >= 0.95

@@ -182,8 +182,8 @@ def main(values: flags.FlagValues) -> int:
 
 
 def format_calibration(record: dict[str, Any]) -> str:
-    queries = record["queries"]
-    source = ", ".join(f"{n:,} {what}" for what, n in queries.items() if n)
+    names = {"users": "user", "synthetic": "synthetic", "given": "given", "generated": "generated"}
+    source = " + ".join(f"{n:,} {names.get(what, what)}" for what, n in record["queries"].items() if n)
     verdict = "reached" if record["reached"] else "NOT reached"
     return (f"  calibration: target recall@{record['k']} {record['target_recall']} {verdict} on "
             f"{source} queries: {record['search_params']}, rerank {record['rerank']} -> recall "
