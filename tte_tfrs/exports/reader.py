@@ -380,6 +380,23 @@ class ExportReader:
             self.missing(folder, "not a SavedModel (no saved_model.pb)")
         return folder
 
+    def serving_function(self, name: str) -> Any:
+        """The ``serving_default`` function of one of the version's SavedModels, loaded.
+
+        Raises:
+          VersionGoneError: the version was removed while it was loaded. ExportError: the SavedModel
+            is damaged or has no ``serving_default`` signature.
+        """
+        import tensorflow as tf  # only here: reading tables and manifests needs no TensorFlow
+
+        folder = self.saved_model(name)
+        try:
+            return tf.saved_model.load(folder).signatures["serving_default"]
+        except (tf.errors.OpError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            self.missing(folder, f"cannot be loaded as a SavedModel with a serving_default "
+                                 f"signature ({type(exc).__name__}: {str(exc)[:200]}); re-export "
+                                 "the model")
+
     def index_folder(self, backend: str) -> str:
         """Where the version's `backend` index is (or would be) saved; links leaving the root are
         refused.

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from tte_tfrs.retrieval.base import Backend
+from tte_tfrs.errors import ConfigError, ExportError
+from tte_tfrs.retrieval.base import Backend, Setting, effort_rungs
 
 try:
     import faiss
@@ -24,6 +25,9 @@ except ImportError:  # pragma: no cover - faiss-cpu is a hard dependency
 INDEX_FILE = "index.faiss"
 # IVF-PQ codebooks that encode updated embeddings this much worse than at build time are retrained.
 STALE_ERROR_RATIO = 1.25
+# Coarse k-means trains on at most this many items per cell (FAISS asks for at least 39; its default
+# of 256 makes a 10M-item build spend most of its time clustering a 3M-item sample).
+TRAIN_POINTS_PER_CELL = 64
 
 
 def augment_items(embeddings, max_norm):
@@ -52,7 +56,23 @@ class _FaissIndexFile(Backend):
         faiss.write_index(self.index, os.path.join(folder, INDEX_FILE))
 
     def _load(self, folder, embeddings):
-        self.index = faiss.read_index(os.path.join(folder, INDEX_FILE))
+        path = os.path.join(folder, INDEX_FILE)
+        if not os.path.exists(path):
+            raise ExportError(f"{path}: missing; rebuild the index with tte-index")
+        try:
+            self.index = faiss.read_index(path)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            raise ExportError(f"{path}: damaged or not a FAISS index ({reason}); rebuild it with "
+                              "tte-index") from None
+        expected = self._index_dim(embeddings.shape[1])
+        if self.index.d != expected or self.index.ntotal != len(embeddings):
+            raise ExportError(f"{path}: holds {self.index.ntotal} vectors of dimension "
+                              f"{self.index.d}, expected {len(embeddings)} of dimension {expected}; "
+                              "rebuild it with tte-index")
+
+    def _index_dim(self, dim):
+        return dim
 
 
 class _MipsToL2Backend(_FaissIndexFile):
@@ -87,14 +107,19 @@ class IvfPqBackend(_MipsToL2Backend):
     """
 
     name = "faiss-ivfpq"
+    BUILD = {"nlist": Setting(1, 1 << 20, help="coarse cells"),
+             "m": Setting(1, 1024, help="PQ sub-quantizers"),
+             "nbits": Setting(1, 16, help="bits per sub-quantizer code"),
+             "seed": Setting(0, 2 ** 31 - 1, help="k-means seed"),
+             "max_norm": Setting(0.0, None, float, help="R of the MIPS transform (0: measured)")}
+    SEARCH = {"nprobe": Setting(1, 1 << 20, help="cells searched per query")}
 
     @classmethod
     def default_params(cls, count, dim):
         # About 4 sqrt(n) cells, but at least 39 training points per cell as FAISS asks.
         nlist = int(min(max(16, 4 * math.sqrt(max(count, 1))), max(count // 39, 1), 65536))
         m = math.ceil((dim + 1) / 2)        # two dimensions per sub-quantizer: accurate codes
-        # Measured on 339,898 Book-Crossing item embeddings (BENCHMARKS.md): nlist/32 gives recall@10
-        # 0.999 at 111x exact search's batched throughput; small indexes keep at least 16 probes.
+        # A starting point only: build_index calibrates nprobe on the catalogue's own queries.
         nprobe = min(nlist, max(16, nlist // 32))
         return ({"nlist": nlist, "m": m, "nbits": 8, "seed": 1234, "max_norm": 0.0},
                 {"nprobe": nprobe})
@@ -103,6 +128,12 @@ class IvfPqBackend(_MipsToL2Backend):
     def minimum_items(cls, build_params):
         # FAISS asks for 39 training points per centroid, coarse and PQ alike.
         return 39 * max(build_params["nlist"], 2 ** build_params["nbits"])
+
+    @classmethod
+    def check_build(cls, build_params, count, dim):
+        if build_params["m"] > dim + 1:
+            raise ConfigError(f"m must be at most the augmented dimension {dim + 1} (one dimension "
+                              f"per sub-quantizer), got {build_params['m']}", field="m")
 
     def _index_dim(self, dim):
         m = self.build_params["m"]
@@ -114,13 +145,20 @@ class IvfPqBackend(_MipsToL2Backend):
         quantizer = faiss.IndexFlatL2(items.shape[1])
         index = faiss.IndexIVFPQ(quantizer, items.shape[1], p["nlist"], p["m"], p["nbits"])
         index.cp.seed = p["seed"]
+        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_CELL
         index.pq.cp.seed = p["seed"]
         index.train(items)
         index.add(items)
         assert index.metric_type == faiss.METRIC_L2
         self.index = index
 
-    def reencoded(self, embeddings, previous_embeddings):
+    def _load(self, folder, embeddings):
+        super()._load(folder, embeddings)
+        if not isinstance(self.index, faiss.IndexIVFPQ):
+            raise ExportError(f"{os.path.join(folder, INDEX_FILE)}: a {type(self.index).__name__}, "
+                              "not an IVF-PQ index; rebuild it with tte-index")
+
+    def reencoded(self, embeddings, previous_embeddings, ids=None):
         """Keeps the coarse clusters and PQ codebooks while they encode the new vectors about as
         well as the old ones (squared reconstruction error at most `STALE_ERROR_RATIO` times the
         old), no item is longer than the MIPS transform's R (within 1%; a longer item is encoded
@@ -153,6 +191,11 @@ class IvfPqBackend(_MipsToL2Backend):
         restored = self.index.sa_decode(self.index.sa_encode(items))
         return float(np.mean(np.sum((items - restored) ** 2, axis=1)))
 
+    def calibration_ladders(self, k):
+        # PQ scores are approximate, so the number of candidates re-ranked exactly matters too.
+        rungs = effort_rungs(self.build_params["nlist"])
+        return [[({"nprobe": nprobe}, rerank) for nprobe in rungs] for rerank in (3, 10, 30)]
+
     def _apply_search_params(self):
         self.index.nprobe = int(min(self.search_params["nprobe"], self.build_params["nlist"]))
 
@@ -167,10 +210,18 @@ class HnswBackend(_FaissIndexFile):
     """
 
     name = "faiss-hnsw"
+    # M = 1 crashes FAISS (segmentation fault); very large M only wastes memory.
+    BUILD = {"m": Setting(2, 512, help="graph degree"),
+             "ef_construction": Setting(1, 1 << 16, help="build beam width")}
+    SEARCH = {"ef_search": Setting(1, 1 << 16, help="search beam width")}
 
     @classmethod
     def default_params(cls, count, dim):
-        return {"m": 32, "ef_construction": 100}, {"ef_search": 128}
+        # Graph search by inner product can leave some long items unreachable: with M = 32 and
+        # ef_construction = 100 recall@10 stopped at 0.943 on a 30k-book catalogue whatever the
+        # search beam; M = 48, ef_construction = 200 reached 0.988-0.999 on it and on two
+        # tower-shaped catalogues (BENCHMARKS.md), for about twice the build time.
+        return {"m": 48, "ef_construction": 200}, {"ef_search": 128}
 
     def _build(self, embeddings):
         index = faiss.IndexHNSWFlat(embeddings.shape[1], self.build_params["m"],
@@ -179,6 +230,17 @@ class HnswBackend(_FaissIndexFile):
         index.add(embeddings)
         assert index.metric_type == faiss.METRIC_INNER_PRODUCT
         self.index = index
+
+    def _load(self, folder, embeddings):
+        super()._load(folder, embeddings)
+        if not isinstance(self.index, faiss.IndexHNSWFlat):
+            raise ExportError(f"{os.path.join(folder, INDEX_FILE)}: a {type(self.index).__name__}, "
+                              "not an HNSW index; rebuild it with tte-index")
+
+    def calibration_ladders(self, k):
+        # Graph search returns exact inner products: a few candidates beyond k are enough.
+        rerank = 2
+        return [[({"ef_search": ef}, rerank) for ef in effort_rungs(4096, least=rerank * max(k, 10))]]
 
     def search(self, queries, k):
         self.index.hnsw.efSearch = int(max(self.search_params["ef_search"], k))

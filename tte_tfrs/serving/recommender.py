@@ -126,7 +126,7 @@ class Recommender:
                                         search_params=search_params)
                 index.notes.append(f"no saved {backend} index for version {reader.version}; built "
                                    "one in memory (save it with tte-index)")
-            return cls(reader, load_signature(reader, "user_tower"), index)   # reads users, rated
+            return cls(reader, reader.serving_function("user_tower"), index)   # reads users, rated
 
         if version is not None:                  # a pinned version: no retry on another one
             return load(ExportReader(output_dir, version))
@@ -324,22 +324,6 @@ def _as_text(name: str, value: Any) -> str:
     except UnicodeEncodeError:
         raise RecommendationError(f"user feature {name!r} is not valid Unicode text") from None
     return text
-
-
-def load_signature(reader: ExportReader, model: str) -> Any:
-    """The ``serving_default`` function of one of the reader's SavedModels.
-
-    Raises:
-      VersionGoneError: the version was removed while it was loaded. ExportError: the SavedModel
-        is damaged or has no ``serving_default`` signature.
-    """
-    folder = reader.saved_model(model)
-    try:
-        loaded = tf.saved_model.load(folder)
-        return loaded.signatures["serving_default"]
-    except (tf.errors.OpError, OSError, ValueError, KeyError, RuntimeError) as exc:
-        reader.missing(folder, f"cannot be loaded as a SavedModel with a serving_default signature "
-                               f"({type(exc).__name__}: {str(exc)[:200]}); re-export the model")
 
 
 def _as_float(name: str, value: Any) -> float:
