@@ -83,16 +83,37 @@ def weights_of(result):
     return [w.numpy() for w in result.model.trainable_weights]
 
 
-def test_same_seed_same_model_other_seed_other_model(tiny_data, capsys):
-    # Three runs, not two: a race that strikes one run in a few would otherwise pass by luck.
-    first, *again = [train(tiny_config(tiny_data[0], epochs=2)) for _ in range(3)]
+def initial_state(config):
+    from tte_tfrs.training.trainer import build_model, start
+    dataset, splits, train_columns, _ = start(config)
+    model = build_model(config, dataset, train_columns, 7.0)
+    predict(model, {name: values[:4] for name, values in train_columns.items()})   # builds it
+    return splits.test["line"].tolist(), [w.numpy() for w in model.trainable_weights]
+
+
+def differ(weights, others):
+    return any(a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6)
+               for a, b in zip(weights, others))
+
+
+def test_same_seed_same_start_and_the_same_model_to_float_rounding(tiny_data, capsys):
+    # A seed fixes the split, the initial weights and the batch order exactly. TensorFlow's
+    # multi-threaded CPU kernels may add partial sums in another order from run to run, so the
+    # trained weights are promised equal to float rounding, not bit for bit (README, --seed).
+    lines, start = initial_state(tiny_config(tiny_data[0]))
+    lines_again, start_again = initial_state(tiny_config(tiny_data[0]))
+    lines_other, start_other = initial_state(tiny_config(tiny_data[0], seed=43))
+    assert lines == lines_again and lines != lines_other
+    for a, b in zip(start, start_again):
+        np.testing.assert_array_equal(a, b)
+    assert differ(start, start_other)
+
+    first, second = [train(tiny_config(tiny_data[0], epochs=2)) for _ in range(2)]
     other = train(tiny_config(tiny_data[0], epochs=2, seed=43))
-    for second in again:
-        assert first.splits.test["line"].tolist() == second.splits.test["line"].tolist()
-        for a, b in zip(weights_of(first), weights_of(second)):
-            np.testing.assert_array_equal(a, b)
-        assert first.metrics["test_rmse"] == second.metrics["test_rmse"]
-    assert first.splits.test["line"].tolist() != other.splits.test["line"].tolist()
+    for a, b in zip(weights_of(first), weights_of(second)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert first.metrics["test_rmse"] == pytest.approx(second.metrics["test_rmse"], abs=1e-5)
+    assert differ(weights_of(first), weights_of(other))
     printed = capsys.readouterr().out                      # train() shows progress by default
     assert "Preparing 4," in printed and "Epoch 2/2" in printed
 
