@@ -35,28 +35,39 @@ def test_predictions_follow_the_planted_truth(trained, tiny_data):
     assert np.corrcoef(predicted, expected)[0, 1] > 0.5
 
 
-def regularization_loss(result):
-    """J of the trained model on its first 256 training rows, whatever the scope."""
+def regularization_loss(model, splits, dataset):
+    """J of `model` on the first 256 training rows, whatever the scope."""
     from tte_tfrs.data.tfdata import make_training_dataset
-    columns = join_features(result.splits.train.head(256), result.dataset)
-    batch = next(iter(make_training_dataset(result.model.preprocess, columns, 256)))
-    return float(result.model.losses_of(batch)[1])
+    columns = join_features(splits.train.head(256), dataset)
+    batch = next(iter(make_training_dataset(model.preprocess, columns, 256)))
+    return float(model.losses_of(batch)[1])
+
+
+def untrained_j(configs):
+    """J of a freshly built model of each config (same seed: the same initial weights)."""
+    from tte_tfrs.training.trainer import build_model, seed_process, start
+    dataset, splits, train_columns, _ = start(configs[0])
+    out = []
+    for config in configs:
+        seed_process(config)                             # seeds TensorFlow as training does
+        model = build_model(config, dataset, train_columns, 7.0)
+        out.append(regularization_loss(model, splits, dataset))
+    return out
 
 
 @pytest.mark.parametrize("scope", ["table", "batch"])
 def test_regularization_loss_is_nonzero_and_grows_with_gamma(tiny_data, scope):
-    losses = {}
+    keys = [(kind, gamma) for kind in ("l1", "l2") for gamma in (0.0, 1e-4, 1e-3)]
+    j = dict(zip(keys, untrained_j([tiny_config(tiny_data[0], regularizer=kind, regularization=gamma,
+                                                regularization_scope=scope) for kind, gamma in keys])))
     for kind in ("l1", "l2"):
-        for gamma in (0.0, 1e-4, 1e-3):
-            result = train(tiny_config(tiny_data[0], epochs=1, regularizer=kind,
-                                       regularization=gamma, regularization_scope=scope))
-            losses[kind, gamma] = (regularization_loss(result),
-                                   result.history["regularization_loss"][-1])
-    for kind in ("l1", "l2"):
-        assert losses[kind, 0.0] == (0.0, 0.0)
-        assert 0 < losses[kind, 1e-4][0] < losses[kind, 1e-3][0]
-        assert losses[kind, 1e-4][1] > 0                   # reported by tfrs during training
-    assert losses["l1", 1e-3][0] != pytest.approx(losses["l2", 1e-3][0])
+        assert j[kind, 0.0] == 0.0
+        assert 0 < j[kind, 1e-4] and j[kind, 1e-3] == pytest.approx(10 * j[kind, 1e-4], rel=1e-5)
+        result = train(tiny_config(tiny_data[0], epochs=1, regularizer=kind, regularization=1e-3,
+                                   regularization_scope=scope))
+        assert result.history["regularization_loss"][-1] > 0     # reported by tfrs in training
+        assert regularization_loss(result.model, result.splits, result.dataset) > 0
+    assert j["l1", 1e-3] != pytest.approx(j["l2", 1e-3])
 
 
 @pytest.mark.parametrize("scope, sparse", [("table", False), ("batch", True)])
