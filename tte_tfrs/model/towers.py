@@ -15,7 +15,10 @@ row, every step). ``batch``: J of the embedding rows a batch looks up, computed 
 computation is deterministic (Keras' activity-regularizer path was not: it made same-seed training
 differ in the last bits about one run in eight).
 
-May import: tte_tfrs.data.features.
+A user tower may also hold the user-history feature (`tte_tfrs.model.history`): the items each
+training user interacted with, stored in the tower and looked up by user id.
+
+May import: tte_tfrs.data.features, tte_tfrs.model.history.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tte_tfrs.data import features
+from tte_tfrs.model.history import HISTORY, HistoryEncoder, UserHistories
 
 USER = "user"
 ITEM = "item"
@@ -188,13 +192,16 @@ class Tower(tf.keras.Model):
       hidden_units: optional ReLU layer sizes applied to the concatenated feature vectors.
       global_mean: initial mu (user side only; trained with the rest).
       seed: initialisation seed.
+      histories: `UserHistories` (user side only): adds the user-history feature, looked up by
+        the first spec (the user id).
     """
 
     def __init__(self, specs: Sequence[features.FeatureSpec],
                  vocabularies: Mapping[str, Sequence[str]], latent_dim: int, side: str,
                  regularizer: tf.keras.regularizers.Regularizer | None = None,
                  hidden_units: Sequence[int] = (), global_mean: float = 0.0, seed: int = 0,
-                 regularization_scope: str = "table", **kwargs: Any):
+                 regularization_scope: str = "table", histories: UserHistories | None = None,
+                 **kwargs: Any):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
             raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
@@ -209,6 +216,14 @@ class Tower(tf.keras.Model):
         regularization = {"embeddings_regularizer": regularizer} if regularization_scope == "table" else {}
         self.encoders = [make_encoder(spec, vocabularies, latent_dim + 1, regularization,
                                       seed + 7919 * (side == ITEM)) for spec in self.specs]
+        # (feature name, raw input name) of each encoder, in order.
+        self.feature_inputs = [(spec.name, spec.name) for spec in self.specs]
+        if histories is not None:
+            if side != USER:
+                raise ValueError("only a user tower holds the user-history feature")
+            self.encoders.append(HistoryEncoder(self.specs[0], histories, latent_dim + 1,
+                                                regularization, seed))
+            self.feature_inputs.append((HISTORY, self.specs[0].name))
         self.hidden = [tf.keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
                                              kernel_initializer=tf.keras.initializers.GlorotUniform(
                                                  seed=seed + n), name=f"hidden_{n}")
@@ -235,6 +250,8 @@ class Tower(tf.keras.Model):
                             for key in encoder.lookups})
             elif isinstance(encoder, TokenEncoder):
                 out[encoder.spec.name] = (encoder.lookup, encoder.embedding)
+            elif isinstance(encoder, HistoryEncoder):
+                out[HISTORY] = (encoder.lookup, encoder.embedding)
         return out
 
     def vocabularies(self):
@@ -253,8 +270,8 @@ class Tower(tf.keras.Model):
 
         Training runs this once over the data and trains `embed` on the result; serving runs both.
         """
-        return {spec.name: encoder.preprocess(inputs[spec.name])
-                for spec, encoder in zip(self.specs, self.encoders)}
+        return {name: encoder.preprocess(inputs[source])
+                for (name, source), encoder in zip(self.feature_inputs, self.encoders)}
 
     def call(self, inputs):
         return self.embed(self.preprocess(inputs))
@@ -271,8 +288,8 @@ class Tower(tf.keras.Model):
 
     def _embed(self, preprocessed, with_penalty):
         parts, penalties = [], []
-        for spec, encoder in zip(self.specs, self.encoders):
-            rows = encoder.rows(preprocessed[spec.name])
+        for (name, _), encoder in zip(self.feature_inputs, self.encoders):
+            rows = encoder.rows(preprocessed[name])
             parts.append(encoder.combine(rows))
             if with_penalty:
                 penalties += [self._row_penalty(r) for r in rows]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -26,6 +27,9 @@ class TwoTowerRatingModel(tfrs.Model):
     scope, hidden-layer kernels). The steps mirror ``tfrs.Model``'s and report the same metrics
     (``loss``, ``regularization_loss``, ``total_loss``, ``rmse``, ``mae``).
 
+    With ``retrieval_weight`` w > 0 training adds w times a tfrs Retrieval task on the same dot
+    product (`retrieval_loss`); with w = 0 the step is exactly the SRS loss above.
+
     Under a `tf.distribute` strategy each replica computes its share of the batch's loss (the
     per-example losses summed over the global batch size, `tf.nn.compute_average_loss`, and J
     over the number of replicas), so the summed gradients and the reported values are those of
@@ -33,10 +37,21 @@ class TwoTowerRatingModel(tfrs.Model):
     (``distribute_reduction_method = "first"``: Keras' metrics are already global).
     """
 
-    def __init__(self, user_tower: Tower, item_tower: Tower):
+    def __init__(self, user_tower: Tower, item_tower: Tower, retrieval_weight: float = 0.0,
+                 item_probabilities: np.ndarray | None = None):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
+        self.retrieval_weight = float(retrieval_weight)
+        if self.retrieval_weight:
+            if item_probabilities is None:
+                raise ValueError("a retrieval weight needs the items' sampling probabilities")
+            # Each item id row's share of the training rows (row 0: unknown items).
+            self.item_probabilities = tf.constant(np.asarray(item_probabilities, np.float32))
+            self.retrieval = tfrs.tasks.Retrieval(
+                loss=tf.keras.losses.CategoricalCrossentropy(
+                    from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+                remove_accidental_hits=True)
         self.task = tfrs.tasks.Ranking(
             # Per-example losses: averaged by losses_of, as tf.distribute needs.
             loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE),
@@ -76,8 +91,22 @@ class TwoTowerRatingModel(tfrs.Model):
         per_example = self.task(labels=inputs[RATING][:, tf.newaxis],
                                 predictions=predictions[:, tf.newaxis], training=training)
         loss = tf.nn.compute_average_loss(per_example)
+        if self.retrieval_weight and training:
+            loss += self.retrieval_weight * self.retrieval_loss(user, item, inputs[ITEM])
         penalties = [user_penalty, item_penalty] + [tf.reduce_sum(x) for x in self.losses]
         return loss, per_replica(tf.reduce_sum(tf.stack(penalties)))
+
+    def retrieval_loss(self, user: tf.Tensor, item: tf.Tensor, item_inputs: Mapping) -> tf.Tensor:
+        """The joint objective's term: the mean over the batch of the softmax cross-entropy of
+        each user's own item among the batch's items, scored by the same dot product, each
+        candidate's logit lowered by the log of its sampling probability (logQ correction) and
+        other rows of the same item removed from a user's negatives."""
+        name = self.item_tower.specs[0].name
+        ids = item_inputs[name][name]                    # the item id's row numbers
+        per_example = self.retrieval(
+            user, item, candidate_sampling_probability=tf.gather(self.item_probabilities, ids),
+            candidate_ids=ids, compute_metrics=False)
+        return tf.reduce_mean(per_example)
 
     def train_step(self, inputs: Mapping) -> dict:
         with tf.GradientTape() as tape:
