@@ -84,6 +84,14 @@ def test_exported_user_tower_serves_the_stored_history_and_warm_starts(trained, 
     scores = recommender.index.embeddings @ expected[0]
     scores[recommender.rated_rows(known)] = -np.inf
     assert recs[0].score == pytest.approx(float(scores.max()), rel=1e-5)
+    # A warm start keeps the feature; before training on it is the parent (same weights, same
+    # stored histories: the parent's interactions less the held-out pairs).
+    update = warm_start(out.output_dir, trained.dataset, epochs=1)
+    assert update.config.user_history
+    assert update.update["metrics_before"]["validation_rmse"] == pytest.approx(
+        result.metrics["validation_rmse"], rel=1e-6)
+    assert update.model.user_tower.vocabularies()[HISTORY] == \
+        result.model.user_tower.vocabularies()[HISTORY]
 
 
 def _batch(model, columns, n=128):
@@ -125,12 +133,3 @@ def test_streamed_or_distributed_training_refuses_what_it_cannot_train(tiny_data
         with pytest.raises(ConfigError, match=field) as caught:
             trainer.train(tiny_config(tiny_data[0], **overrides, **scale))
         assert caught.value.field == field
-
-    # A warm start keeps the feature; before training on it is the parent (same weights, same
-    # stored histories: the parent's interactions less the held-out pairs).
-    update = warm_start(out.output_dir, trained.dataset, epochs=1)
-    assert update.config.user_history
-    assert update.update["metrics_before"]["validation_rmse"] == pytest.approx(
-        result.metrics["validation_rmse"], rel=1e-6)
-    assert update.model.user_tower.vocabularies()[HISTORY] == \
-        result.model.user_tower.vocabularies()[HISTORY]
