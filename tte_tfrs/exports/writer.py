@@ -342,6 +342,7 @@ def _manifest(result, version, item_count, retrieval_k, checkpoint_files):
         "checkpoint": {"path": f"{CHECKPOINT}/{version}", "files": checkpoint_files},
         "parent_version": result.parent.version if result.parent is not None else None,
         "update": result.update,
+        "tuning": getattr(result, "tuning", None),
         "config": result.config.to_dict(),
         "metrics": result.metrics,
         "history": result.history,

@@ -195,7 +195,7 @@ class ModelConfig(ConfigBase):
     regularization_scope: str = "batch"
     min_count: int = 2
     max_text_tokens: int = 20000
-    user_history: bool = True
+    user_history: bool = False
     history_size: int = 64
     retrieval_weight: float = 0.0
 
@@ -232,6 +232,12 @@ class TrainerConfig(ConfigBase):
       log_dir: TensorBoard logs go here; None disables them. (What an update continues from is
         the export's checkpoint/<version>/, written by `tte_tfrs.export`.)
       verbose: progress output: 0 silent, 1 a progress bar, 2 one line per stage and per epoch.
+      tune_trials: tune learning_rate, regularization and embedding_dim on the validation rows
+        with Optuna (`tte_tfrs.training.tuning`), trying at most this many settings (the first is
+        the given one); the best is kept and the manifest records every trial. 0: no limit when
+        tune_minutes is set, else no tuning.
+      tune_minutes: tune (as tune_trials) until this many minutes have passed (no new trial
+        starts after it); 0: no time limit.
     """
 
     epochs: int = 100
@@ -243,6 +249,8 @@ class TrainerConfig(ConfigBase):
     deterministic: bool = True
     log_dir: str | None = None
     verbose: int = 2
+    tune_trials: int = 0
+    tune_minutes: float = 0.0
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"optimizer": OPTIMIZERS}
 
@@ -256,6 +264,8 @@ class TrainerConfig(ConfigBase):
             "must be a whole number >= 0"
         yield "seed", whole_number(self.seed, 0) and self.seed < 2 ** 31, \
             "must be a whole number from 0 to 2**31 - 1"
+        yield "tune_trials", whole_number(self.tune_trials, 0), "must be a whole number >= 0"
+        yield "tune_minutes", finite_number(self.tune_minutes, 0), "must be a number >= 0"
         yield "verbose", self.verbose in (0, 1, 2) and not isinstance(self.verbose, bool), \
             "must be 0, 1 or 2"
         yield "log_dir", self.log_dir is None or (isinstance(self.log_dir, str)

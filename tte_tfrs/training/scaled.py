@@ -72,6 +72,11 @@ def check_supported(config: TrainConfig, dataset: object = None) -> None:
         raise ConfigError(f"user_history is not supported with {where}; train without it "
                           "(--nouser_history) or in one process with input_mode=memory",
                           field="user_history")
+    for field in ("tune_trials", "tune_minutes"):
+        if getattr(config, field):
+            raise ConfigError(f"{field} (tuning) is not supported with {where}; tune in one "
+                              "process with input_mode=memory and pass the chosen settings",
+                              field=field)
     if config.retrieval_weight:
         raise ConfigError(f"retrieval_weight is not supported with {where}; set "
                           "--retrieval_weight=0 or train in one process with input_mode=memory",

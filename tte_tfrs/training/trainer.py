@@ -48,6 +48,8 @@ class TrainResult:
         catalogue, users and interactions are kept in the new export); None otherwise.
       update: for a warm start, what the manifest records about it (parent version, data added,
         vocabulary growth, metrics before and after); None otherwise.
+      tuning: with ``tune_trials`` / ``tune_minutes``, what the manifest records about the
+        search (`tte_tfrs.training.tuning`); None otherwise.
     """
 
     model: TwoTowerRatingModel
@@ -58,6 +60,7 @@ class TrainResult:
     history: dict
     parent: Any = None          # tte_tfrs.training.warm_start.Parent
     update: dict | None = None
+    tuning: dict | None = None
 
 
 def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, global_mean: float,
@@ -351,6 +354,9 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
     from tte_tfrs.training import scaled  # a strategy or streamed data: scaled.train
     if scaled.uses_scaled_path(config, dataset):
         return scaled.train(config, dataset)
+    if config.tune_trials or config.tune_minutes:
+        from tte_tfrs.training import tuning
+        return tuning.tune(config, dataset)
     dataset, splits, train_columns, validation_columns = start(config, dataset)
     global_mean = float(np.mean(train_columns[RATING]))
     model = build_model(config, dataset, train_columns, global_mean,
