@@ -20,7 +20,8 @@ def test_histories_hold_training_and_implicit_pairs_only_capped(trained):
     dataset, splits = trained.dataset, trained.splits
     config = tiny_config(trained.config.data_dir, user_history=True, history_size=3)
     capped = trainer.histories_for(config, dataset, splits)
-    whole = trainer.histories_for(tiny_config(trained.config.data_dir, history_size=10 ** 6),
+    whole = trainer.histories_for(tiny_config(trained.config.data_dir, user_history=True,
+                                              history_size=10 ** 6),
                                   dataset, splits)
     held = _pairs(splits.validation) | _pairs(splits.test)
     implicit = _pairs(dataset.ratings[~dataset.explicit_mask()])
@@ -57,10 +58,12 @@ def test_history_feature_is_looked_up_by_user_id(trained):
 
 
 def test_exported_user_tower_serves_the_stored_history_and_warm_starts(trained, tmp_path):
+    """An ensemble of 2 with the history feature: exported, served, identity, warm start."""
     from tte_tfrs.exports.writer import export
     from tte_tfrs.serving.recommender import Recommender
     from tte_tfrs.training.warm_start import warm_start
-    config = tiny_config(trained.config.data_dir, user_history=True, epochs=1)
+    config = tiny_config(trained.config.data_dir, user_history=True, epochs=1,
+                         ensemble_members=2)
     result = trainer.train(config, trained.dataset)
     history_table = result.model.user_tower.tables()[HISTORY][1].embeddings.numpy()
     assert np.abs(history_table).sum() > 0
@@ -84,6 +87,20 @@ def test_exported_user_tower_serves_the_stored_history_and_warm_starts(trained, 
     scores = recommender.index.embeddings @ expected[0]
     scores[recommender.rated_rows(known)] = -np.inf
     assert recs[0].score == pytest.approx(float(scores.max()), rel=1e-5)
+    # The ensemble as one dot product: exported embeddings give the members' mean rating.
+    ids = list(recommender.index.ids[:20])
+    items = trained.dataset.catalogue().set_index("item_id").loc[ids].reset_index()
+    batch = {s.name: tf.constant(items[s.name].to_numpy(np.float32) if s.kind == "number"
+                                 else items[s.name].to_numpy().astype(object))
+             for s in trained.dataset.item_features}
+    model = result.model
+    users_m, _ = model.user_tower.members_with_penalty(model.user_tower.preprocess(features))
+    items_m, _ = model.item_tower.members_with_penalty(model.item_tower.preprocess(batch))
+    member_ratings = np.sum(users_m.numpy()[0][None] * items_m.numpy(), axis=-1)    # [20, 2]
+    assert np.abs(member_ratings[:, 0] - member_ratings[:, 1]).max() > 1e-3     # two models
+    served = recommender.index.embeddings[:20] @ loaded(**features)["embedding"].numpy()[0]
+    np.testing.assert_allclose(served, member_ratings.mean(axis=1), rtol=1e-5, atol=1e-5)
+    assert out.manifest["embedding_dim"] == 2 * config.embedding_dim + 2
     # A warm start keeps the feature; before training on it is the parent (same weights, same
     # stored histories: the parent's interactions less the held-out pairs).
     update = warm_start(out.output_dir, trained.dataset, epochs=1)

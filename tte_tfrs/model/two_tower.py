@@ -85,12 +85,35 @@ class TwoTowerRatingModel(tfrs.Model):
         """(task loss, regularization loss) of a batch from `preprocess`: this replica's share,
         so that the sums over the replicas of a strategy are the values of the whole batch (in
         one process: the values themselves)."""
+        if self.user_tower.members > 1:
+            return self._ensemble_losses(inputs, training)
         user, user_penalty = self.user_tower.embed_with_penalty(inputs[USER])
         item, item_penalty = self.item_tower.embed_with_penalty(inputs[ITEM])
         predictions = tf.reduce_sum(user * item, axis=1)
         per_example = self.task(labels=inputs[RATING][:, tf.newaxis],
                                 predictions=predictions[:, tf.newaxis], training=training)
         loss = tf.nn.compute_average_loss(per_example)
+        return self._with_retrieval_and_penalties(loss, user, item, inputs, training,
+                                                  user_penalty, item_penalty)
+
+    def _ensemble_losses(self, inputs: Mapping, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """M members: the sum of each member's own squared error (M independent models in the
+        same tables); metrics score the members' mean, the rating the export serves."""
+        users, user_penalty = self.user_tower.members_with_penalty(inputs[USER])
+        items, item_penalty = self.item_tower.members_with_penalty(inputs[ITEM])
+        member_predictions = tf.reduce_sum(users * items, axis=-1)             # [batch, M]
+        ratings = inputs[RATING]
+        self.task(labels=ratings[:, tf.newaxis], training=training,
+                  predictions=tf.reduce_mean(member_predictions, axis=1)[:, tf.newaxis])
+        per_example = tf.reduce_sum(tf.square(ratings[:, tf.newaxis] - member_predictions), axis=1)
+        loss = tf.nn.compute_average_loss(per_example)
+        user = self.user_tower.fold_members(users)
+        item = self.item_tower.fold_members(items)
+        return self._with_retrieval_and_penalties(loss, user, item, inputs, training,
+                                                  user_penalty, item_penalty)
+
+    def _with_retrieval_and_penalties(self, loss, user, item, inputs, training, user_penalty,
+                                      item_penalty):
         if self.retrieval_weight and training:
             loss += self.retrieval_weight * self.retrieval_loss(user, item, inputs[ITEM])
         penalties = [user_penalty, item_penalty] + [tf.reduce_sum(x) for x in self.losses]

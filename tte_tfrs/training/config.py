@@ -180,6 +180,11 @@ class ModelConfig(ConfigBase):
         interactions, e.g. Book-Crossing rating 0; never a validation or test pair), stored in
         the tower and looked up by user id, combined with weight 1/sqrt(n). Single-process,
         in-memory training only.
+      ensemble_members: M models trained at once in the same tables (each with its own
+        initialisation and rating loss); the export folds them into one embedding per user and
+        item (M * k + 2 dimensions) whose dot product is the mean of the M predicted ratings, so
+        one index serves the ensemble. Each step costs about M times the embedding work. Not
+        with hidden_units; single-process, in-memory training only.
       history_size: the most items kept per user for user_history (a seeded sample above it).
       retrieval_weight: w of the joint objective: w times a tfrs Retrieval task (in-batch
         softmax over the batch's items, corrected by each item's share of the training rows) on
@@ -197,6 +202,7 @@ class ModelConfig(ConfigBase):
     max_text_tokens: int = 20000
     user_history: bool = False
     history_size: int = 64
+    ensemble_members: int = 1
     retrieval_weight: float = 0.0
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -213,6 +219,10 @@ class ModelConfig(ConfigBase):
         yield "min_count", whole_number(self.min_count, 1), "must be a whole number >= 1"
         yield "max_text_tokens", whole_number(self.max_text_tokens, 1), "must be a whole number >= 1"
         yield "history_size", whole_number(self.history_size, 1), "must be a whole number >= 1"
+        yield "ensemble_members", whole_number(self.ensemble_members, 1), \
+            "must be a whole number >= 1"
+        yield "ensemble_members", self.ensemble_members == 1 or not self.hidden_units, \
+            "must be 1 with hidden_units (an ensemble folds summed towers only)"
         yield "retrieval_weight", finite_number(self.retrieval_weight, 0), "must be a number >= 0"
 
 

@@ -77,6 +77,10 @@ def check_supported(config: TrainConfig, dataset: object = None) -> None:
             raise ConfigError(f"{field} (tuning) is not supported with {where}; tune in one "
                               "process with input_mode=memory and pass the chosen settings",
                               field=field)
+    if config.ensemble_members != 1:
+        raise ConfigError(f"ensemble_members is not supported with {where}; set "
+                          "--ensemble_members=1 or train in one process with input_mode=memory",
+                          field="ensemble_members")
     if config.retrieval_weight:
         raise ConfigError(f"retrieval_weight is not supported with {where}; set "
                           "--retrieval_weight=0 or train in one process with input_mode=memory",

@@ -83,7 +83,8 @@ def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, glob
                           "path has none: set user_history=False (--nouser_history)",
                           field="user_history")
     regularizer = make_regularizer(config.regularizer, config.regularization)
-    common = dict(seed=config.seed, regularization_scope=config.regularization_scope)
+    common = dict(seed=config.seed, regularization_scope=config.regularization_scope,
+                  members=config.ensemble_members)
     user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
                        config.hidden_units, global_mean=global_mean,
                        histories=histories if config.user_history else None, **common)

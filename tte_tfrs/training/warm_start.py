@@ -32,7 +32,8 @@ from tte_tfrs.training.config import TrainConfig
 
 # Settings that shape the model's tables: an update keeps the parent's.
 FIXED_BY_PARENT = ("embedding_dim", "hidden_units", "regularizer", "min_count", "max_text_tokens",
-                   "user_history", "history_size", "tune_trials", "tune_minutes")
+                   "user_history", "history_size", "ensemble_members", "tune_trials",
+                   "tune_minutes")
 # An update whose item table lists less than this share of the parent's catalogue is refused.
 MIN_CATALOGUE_SHARE = 0.5
 
