@@ -69,6 +69,8 @@ flags.DEFINE_bool("myfm", True, "Run myFM.")
 flags.DEFINE_bool("surprise", True, "Run the Surprise peers.")
 flags.DEFINE_string("markdown", None, "Write the Markdown tables here.")
 flags.DEFINE_string("json", None, "Write all rows as JSON here.")
+flags.DEFINE_list("merge", [], "Only merge the rows of these --json files (runs made one data "
+                  "set or fold at a time) into one table.")
 FLAGS = flags.FLAGS
 BOOK_CROSSING = "Book-Crossing explicit"
 
@@ -237,15 +239,18 @@ def main(argv):
     configs = [(text, parse_config(text)) for text in FLAGS.config]
     started = time.perf_counter()
     rows = []
-    if FLAGS.embedded:
+    for path in FLAGS.merge:
+        with open(path, encoding="utf-8") as f:
+            rows += json.load(f)["rows"]
+    if FLAGS.embedded and not FLAGS.merge:
         dataset = tte_tfrs.load_dataset()
         found, splits = run_split("embedded (synthetic)", dataset, "random", None, configs)
         rows += found + ([noise_floor_row(splits)] if FLAGS.held_out == "test" else [])
-    if FLAGS.movielens:
+    if FLAGS.movielens and not FLAGS.merge:
         dataset = tte_tfrs.load_dataset(FLAGS.movielens)
         for fold in FLAGS.folds:
             rows += run_split("MovieLens 100K", dataset, fold, FLAGS.movielens, configs)[0]
-    if FLAGS.bookcrossing:
+    if FLAGS.bookcrossing and not FLAGS.merge:
         dataset = tte_tfrs.load_dataset(FLAGS.bookcrossing)
         rows += run_split(BOOK_CROSSING, dataset, "random", FLAGS.bookcrossing, configs)[0]
     table = summarise(rows)
