@@ -35,10 +35,12 @@ def free_port():
 
 
 def layout(root):
-    """Every file and folder of an export, relative, logs and backups left out."""
+    """Every file and folder of an export, relative; logs, backups and indexes (tte-index's, which
+    other tests add to the shared export) left out."""
     found = set()
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in ("logs", ".backup")]
+        dirs[:] = [d for d in dirs if d not in ("logs", ".backup") and (folder != str(root)
+                                                                        or d != "index")]
         rel = os.path.relpath(folder, root)
         found.update(os.path.normpath(os.path.join(rel, name)) for name in dirs + files)
     return found - {".lock"}

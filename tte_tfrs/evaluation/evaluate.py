@@ -144,7 +144,8 @@ def check_same_split(splits: Splits, manifest: dict, source: str, where: str) ->
     """
     recorded = manifest["dataset"].get("split_hashes")
     if not recorded:
-        raise DataError(where, "records no split membership (exported by an older tte_tfrs), so "
+        raise DataError(where, "records no split membership (a streamed run, or an export of an "
+                        "older tte_tfrs), so "
                         "the held-out rows cannot be verified; re-export the model to evaluate it")
     now = splits.hashes()
     for name in ("train", "validation", "test"):

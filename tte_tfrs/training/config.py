@@ -238,7 +238,9 @@ class TrainerConfig(ConfigBase):
       early_stopping_patience: epochs without a better validation RMSE before stopping (the best
         weights are kept); 0 disables early stopping.
       seed: seeds the split, initialisation and shuffling: same seed and data, same model.
-      deterministic: ask TensorFlow for deterministic ops (same seed, bit-identical model).
+      deterministic: ask TensorFlow for deterministic ops (tf.data order, no known
+        nondeterministic kernel); same seed: same split, initialisation and batch order, weights
+        equal to float rounding.
       log_dir: TensorBoard logs go here; None disables them. (What an update continues from is
         the export's checkpoint/<version>/, written by `tte_tfrs.export`.)
       verbose: progress output: 0 silent, 1 a progress bar, 2 one line per stage and per epoch.
