@@ -16,24 +16,31 @@ first epoch's tracing excluded).
 import json
 import os
 import platform
-import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from peers import parse_config  # noqa: E402
-
-from tte_tfrs.data.loader import load_dataset  # noqa: E402
-from tte_tfrs.data.synthetic import SyntheticConfig, write_bookcrossing  # noqa: E402
-from tte_tfrs.training.config import TrainConfig  # noqa: E402
-from tte_tfrs.training.trainer import train  # noqa: E402
+from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.data.synthetic import SyntheticConfig, write_bookcrossing
+from tte_tfrs.training.config import TrainConfig
+from tte_tfrs.training.trainer import train
 
 flags.DEFINE_string("data", "/tmp/tte-throughput", "Where the generated set is written (once).")
 flags.DEFINE_integer("epochs", 4, "Epochs per run (no early stopping).")
 flags.DEFINE_multi_string("config", [""], "TrainConfig fields changed from the defaults.")
 FLAGS = flags.FLAGS
 SIZE = SyntheticConfig(n_users=20000, n_items=30000, n_interactions=400000, seed=13)
+
+
+def parse_config(text):
+    """'a=1,b=x' -> {field: value}, typed like TrainConfig's defaults."""
+    defaults = TrainConfig()
+    values = {}
+    for part in filter(None, text.split(",")):
+        name, _, raw = part.partition("=")
+        default = getattr(defaults, name)
+        values[name] = (raw.lower() in ("1", "true", "yes") if isinstance(default, bool)
+                        else type(default)(raw))
+    return values
 
 
 def main(argv):
