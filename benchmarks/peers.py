@@ -1,197 +1,263 @@
-"""tte_tfrs against Surprise peers on identical splits: rating quality, top-K quality and speed.
+"""tte_tfrs against its peers, in one process, on identical rows: rating error and top-K quality.
 
-Usage (needs the bench extra: pip install -e ".[bench]"):
+Usage (needs the bench extra: scikit-surprise, myfm):
   python benchmarks/peers.py --movielens=../shared/data/movielens-100k \
-      --bookcrossing=../shared/data/book-crossing [--svdpp] [--markdown=out.md] [--json=out.json]
+      --bookcrossing=../shared/data/book-crossing [--config="retrieval_weight=0.3"] \
+      [--markdown=out.md] [--json=out.json]
+  python benchmarks/peers.py --held_out=validation ...   # choose settings: ours only, validation
 
-Per data set and split, in one process: our default model (TrainConfig defaults; exported and
-evaluated with `tte_tfrs.evaluation`), Surprise SVD and BaselineOnly with their default settings, and
-the global mean. MovieLens 100K uses the five u1-u5 folds (Surprise's published protocol); Book-Crossing
-and the embedded data use our seeded 80/10/10 split. Peers train on the same training rows as our
-model (our validation rows only steer early stopping). Top-K lists rank every item the model knows,
-excluding the user's training items, for users with a held-out rating >= the relevance threshold.
+Splits: MovieLens 100K folds u1-u5 (10% of each base file is validation), Book-Crossing explicit
+ratings and the embedded synthetic data by our seeded 80/10/10 split. Every model sees the same rows
+and the same information:
+
+- ours (`tte_tfrs.train` with TrainConfig defaults, or each --config's changes) early-stops on the
+  validation rows;
+- myFM (Bayesian FM, Gibbs sampling; rank 10, 200 iterations) on exactly our features (ids + side
+  features, built by our towers' preprocessing), fitted on train + validation;
+- Surprise SVD, BaselineOnly and SVD++ (MovieLens and embedded data; on Book-Crossing its cost grows
+  with the square of a user's ratings) at their defaults on train + validation; SVD tuned on the
+  validation rows over a 24-point grid (`surprise_peers.SVD_GRID`), refitted on train + validation;
+- popularity (most-rated items of train + validation; on Book-Crossing also counting the implicit
+  rating-0 interactions) for top-K, and the global mean for the rating error.
+
+Top-K (`topk_protocol`): every model ranks the items of the training rows for up to --max_users users
+with a relevant held-out rating (>= 8 of 10, >= 4 of 5), excluding each user's training, validation
+and implicit items. Test rows are used only for the final numbers; --held_out=validation measures
+our settings on the validation rows (test rows untouched, no peers).
 """
 
+import dataclasses
 import json
+import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
+import pandas as pd
 from absl import app, flags
 
-import tte_tfrs
-from tte_tfrs.data.split import split_ratings
-from tte_tfrs.evaluation import metrics
-from tte_tfrs.evaluation.evaluate import EvaluationConfig, default_threshold, evaluate, top_k_protocol
-from tte_tfrs.exports.writer import export
-from tte_tfrs.training.config import TrainConfig
-from tte_tfrs.training.trainer import train
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import myfm_peer  # noqa: E402
+import surprise_peers  # noqa: E402
+import topk_protocol  # noqa: E402
+
+import tte_tfrs  # noqa: E402
+from tte_tfrs.data.dataset import fill_missing, join_features  # noqa: E402
+from tte_tfrs.data.split import split_ratings  # noqa: E402
+from tte_tfrs.evaluation import metrics  # noqa: E402
+from tte_tfrs.exports.writer import item_embeddings  # noqa: E402
+from tte_tfrs.training import trainer  # noqa: E402
+from tte_tfrs.training.config import TrainConfig  # noqa: E402
 
 flags.DEFINE_string("movielens", None, "MovieLens 100K folder (skipped if unset).")
 flags.DEFINE_string("bookcrossing", None, "Book-Crossing folder or archive.zip (skipped if unset).")
 flags.DEFINE_bool("embedded", True, "Include the embedded synthetic data (with its noise floor).")
 flags.DEFINE_list("folds", ["u1", "u2", "u3", "u4", "u5"], "MovieLens folds.")
-flags.DEFINE_bool("svdpp", False, "Also run SVD++ (MovieLens only; slow).")
+flags.DEFINE_multi_string("config", [""], "Our model: TrainConfig fields changed from the "
+                          "defaults, e.g. 'retrieval_weight=0.3,user_history=false'; repeat the "
+                          "flag to compare several settings.")
+flags.DEFINE_enum("held_out", "test", ["test", "validation"], "Rows the metrics are measured on; "
+                  "validation runs our settings only (for choosing defaults).")
 flags.DEFINE_integer("k", 10, "Top-K list length.")
 flags.DEFINE_integer("max_users", 2000, "Users sampled for top-K metrics.")
+flags.DEFINE_integer("myfm_rank", 10, "myFM rank.")
+flags.DEFINE_integer("myfm_iter", 200, "myFM Gibbs iterations.")
+flags.DEFINE_bool("svdpp", True, "Run Surprise SVD++ (never on Book-Crossing).")
+flags.DEFINE_bool("myfm", True, "Run myFM.")
+flags.DEFINE_bool("surprise", True, "Run the Surprise peers.")
 flags.DEFINE_string("markdown", None, "Write the Markdown tables here.")
 flags.DEFINE_string("json", None, "Write all rows as JSON here.")
+flags.DEFINE_list("merge", [], "Only merge the rows of these --json files (runs made one data "
+                  "set or fold at a time) into one table.")
 FLAGS = flags.FLAGS
+BOOK_CROSSING = "Book-Crossing explicit"
 
 
-def surprise_rows(splits, dataset, threshold, svdpp):
-    """Fits the Surprise peers on the training rows; returns one result dict per peer."""
-    from surprise import SVD, BaselineOnly, Dataset, Reader, SVDpp
-    low, high = dataset.rating_scale
-    reader = Reader(rating_scale=(max(low, 1.0) if dataset.implicit_rating is not None else low,
-                                  high))
-    trainset = Dataset.load_from_df(splits.train[["user_id", "item_id", "rating"]],
-                                    reader).build_full_trainset()
-    test = splits.test
-    users, relevant, seen = top_k_protocol(splits, "test", threshold, FLAGS.max_users)
-    peers = [("Surprise SVD", SVD(random_state=0)), ("Surprise BaselineOnly", BaselineOnly(verbose=False))]
-    if svdpp:
-        peers.append(("Surprise SVD++", SVDpp(random_state=0)))
+def parse_config(text):
+    """'a=1,b=x' -> {field: value}, typed like TrainConfig's defaults."""
+    defaults = TrainConfig()
+    values = {}
+    for part in filter(None, text.split(",")):
+        name, _, raw = part.partition("=")
+        default = getattr(defaults, name)
+        values[name] = (raw.lower() in ("1", "true", "yes") if isinstance(default, bool)
+                        else type(default)(raw))
+    return values
+
+
+def _row(name, held, predicted, positions, protocol, seconds, note=""):
+    row = {"model": name, "note": note, "train_seconds": round(seconds, 1)}
+    if predicted is not None:
+        row.update({"rmse": metrics.rmse(held["rating"], predicted),
+                    "mae": metrics.mae(held["rating"], predicted)})
+    if positions is not None:
+        row.update(topk_protocol.top_k_metrics(positions, protocol, FLAGS.k))
+    return row
+
+
+def user_vectors(model, dataset, user_ids):
+    table = fill_missing(pd.DataFrame({"user_id": user_ids}).merge(
+        dataset.users, on="user_id", how="left"), dataset.user_features)
+    return item_embeddings(model.user_tower, table, dataset.user_features)
+
+
+def item_vectors(model, dataset, item_ids):
+    table = fill_missing(pd.DataFrame({"item_id": item_ids}).merge(
+        dataset.items, on="item_id", how="left"), dataset.item_features)
+    return item_embeddings(model.item_tower, table, dataset.item_features)
+
+
+def ours(config, text, dataset, splits, protocol, held):
+    started = time.perf_counter()
+    result = trainer.train(config, dataset)
+    seconds = time.perf_counter() - started
+    assert result.splits.hashes() == splits.hashes(), "ours and the peers must share the rows"
+    predicted = trainer.predict(result.model, join_features(held, dataset))
+    u = user_vectors(result.model, dataset, protocol.users)
+    v = item_vectors(result.model, dataset, protocol.candidates)
+    positions = topk_protocol.rank_by_embeddings(u, v, protocol, FLAGS.k)
+    note = (f"{result.metrics['epochs_run']} epochs, "
+            f"validation RMSE {result.metrics['validation_rmse']:.4f}, "
+            f"{result.metrics['epoch_examples_per_second']:,} examples/s per epoch")
+    return _row(f"tte_tfrs [{text or 'defaults'}]", held, predicted, positions, protocol,
+                seconds, note)
+
+
+def myfm_rows(config, dataset, splits, protocol):
+    both = pd.concat([splits.train, splits.validation], ignore_index=True)
+    columns = join_features(both, dataset)
+    side_only = dataclasses.replace(config, user_history=False, retrieval_weight=0.0)
+    model = trainer.build_model(side_only, dataset, columns, 0.0)
+    peer = myfm_peer.MyFMPeer(model.user_tower, model.item_tower, dataset, FLAGS.myfm_rank,
+                              FLAGS.myfm_iter).fit(both)
+    predicted = peer.predict(splits.test)
+    u, v = peer.ranking_vectors(protocol.users, protocol.candidates)
+    positions = topk_protocol.rank_by_embeddings(u, v, protocol, FLAGS.k)
+    return [_row("myFM (ids + side features)", splits.test, predicted, positions, protocol,
+                 peer.fit_seconds, f"rank {FLAGS.myfm_rank}, {FLAGS.myfm_iter} Gibbs iterations")]
+
+
+def surprise_rows(label, dataset, splits, protocol):
+    scale = (1.0, dataset.rating_scale[1]) if dataset.implicit_rating is not None else \
+        dataset.rating_scale
+    with_svdpp = FLAGS.svdpp and label != BOOK_CROSSING
     rows = []
-    for name, algo in peers:
-        started = time.perf_counter()
-        algo.fit(trainset)
-        fit_seconds = time.perf_counter() - started
-        predicted = np.array([algo.predict(u, i).est for u, i in zip(test["user_id"],
-                                                                       test["item_id"])])
-        row = {"model": name, "rmse": metrics.rmse(test["rating"], predicted),
-               "mae": metrics.mae(test["rating"], predicted), "train_seconds": fit_seconds,
-               "train_examples_per_second": len(splits.train) * 20 / fit_seconds
-               if name != "Surprise BaselineOnly" else None}
-        row.update(surprise_top_k(algo, trainset, users, relevant, seen))
-        rows.append(row)
-    mean = float(splits.train["rating"].mean())
-    rows.append({"model": "global mean", "rmse": metrics.rmse(test["rating"], np.full(len(test), mean)),
-                 "mae": metrics.mae(test["rating"], np.full(len(test), mean))})
+    for name, algo, trainset, predicted, seconds, note in surprise_peers.fit_peers(
+            splits.train, splits.validation, splits.test, scale, with_svdpp):
+        positions = topk_protocol.rank_by_function(
+            surprise_peers.score_function(algo, trainset, protocol), protocol, FLAGS.k)
+        rows.append(_row(name, splits.test, predicted, positions, protocol, seconds, note))
     return rows
 
 
-def surprise_top_k(algo, trainset, users, relevant, seen):
-    """Ranks every training item for each user by the peer's own scoring function."""
-    k = FLAGS.k
-    items = np.array([trainset.to_raw_iid(i) for i in range(trainset.n_items)], dtype=object)
-    bi = getattr(algo, "bi", None)
-    if bi is None:
-        return {}
-    base = trainset.global_mean + bi
-    qi = getattr(algo, "qi", None)
-    row_of = {item: n for n, item in enumerate(items)}
-    recommended = []
-    for user in users:
-        scores = base.copy()
-        try:
-            inner = trainset.to_inner_uid(user)
-        except ValueError:                    # a user with no training ratings: items only
-            inner = None
-        if inner is not None:
-            scores = scores + algo.bu[inner]
-            if qi is not None:
-                vector = algo.pu[inner]
-                if hasattr(algo, "yj"):       # SVD++: implicit feedback part of the user vector
-                    rated = [j for j, _ in trainset.ur[inner]]
-                    vector = vector + algo.yj[rated].sum(0) / np.sqrt(max(len(rated), 1))
-                scores = scores + qi @ vector
-        excluded = [row_of[i] for i in seen.get(user, []) if i in row_of]
-        scores[excluded] = -np.inf
-        top = np.lexsort((np.arange(len(scores)), -scores))[:k]
-        recommended.append(list(items[top]))
-    return metrics.ranking_metrics(recommended, relevant, k, len(items))
+def baseline_rows(dataset, splits, protocol):
+    rows = []
+    score = surprise_peers.popularity_scores(splits.train, splits.validation, protocol)
+    rows.append(_row("popularity (most rated)", splits.test, None,
+                     topk_protocol.rank_by_function(score, protocol, FLAGS.k), protocol, 0.0,
+                     "train + validation ratings"))
+    if dataset.implicit_rating is not None:
+        implicit = dataset.ratings[~dataset.explicit_mask()]
+        score = surprise_peers.popularity_scores(splits.train, splits.validation, protocol,
+                                                 implicit)
+        rows.append(_row("popularity (most interacted)", splits.test, None,
+                         topk_protocol.rank_by_function(score, protocol, FLAGS.k), protocol, 0.0,
+                         "train + validation ratings + implicit interactions"))
+    mean = float(pd.concat([splits.train, splits.validation])["rating"].mean())
+    rows.append(_row("global mean", splits.test, np.full(len(splits.test), mean), None, protocol,
+                     0.0))
+    return rows
 
 
-def our_row(config, dataset, threshold):
-    result = train(config, dataset)
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        exported = export(result, folder)
-        export_seconds = time.perf_counter() - started
-        evaluated = evaluate(EvaluationConfig(output_dir=folder, data_dir=config.data_dir,
-                                              dataset=config.dataset, k=FLAGS.k, ks=(FLAGS.k,),
-                                              relevance_threshold=threshold, backend="exact",
-                                              max_users=FLAGS.max_users))
-    row = {"model": "tte_tfrs two-tower", "rmse": evaluated["rmse"], "mae": evaluated["mae"],
-           "train_seconds": result.metrics["train_seconds"],
-           "train_examples_per_second": result.metrics["train_examples_per_second"],
-           "epochs": result.metrics["epochs_run"], "export_seconds": export_seconds,
-           "catalogue": exported.manifest["item_embeddings"]["count"]}
-    row.update({key: value for key, value in evaluated.items() if "@" in key or key == "users_evaluated"})
-    return row, result
-
-
-def run_split(name, split_name, config, dataset):
-    threshold = default_threshold(dataset.rating_scale)
-    ours, result = our_row(config, dataset, threshold)
-    splits = split_ratings(dataset, config.split, config.validation_fraction, config.test_fraction,
-                           config.include_implicit, config.seed)
-    rows = [ours] + surprise_rows(splits, dataset, threshold,
-                                  FLAGS.svdpp and dataset.name == "movielens-100k")
+def run_split(label, dataset, split, data_dir, configs):
+    base = TrainConfig(data_dir=data_dir, split=split, verbose=0)
+    splits = split_ratings(dataset, split, base.validation_fraction,
+                                               base.test_fraction, False, base.seed)
+    protocol = topk_protocol.make_protocol(dataset, splits, FLAGS.held_out,
+                                           max_users=FLAGS.max_users)
+    held = splits.test if FLAGS.held_out == "test" else splits.validation
+    rows = [ours(dataclasses.replace(base, **values), text, dataset, splits, protocol, held)
+            for text, values in configs]
+    if FLAGS.held_out == "test":
+        if FLAGS.myfm:
+            rows += myfm_rows(base, dataset, splits, protocol)
+        if FLAGS.surprise:
+            rows += surprise_rows(label, dataset, splits, protocol)
+        rows += baseline_rows(dataset, splits, protocol)
     for row in rows:
-        row.update({"data": name, "split": split_name})
+        row.update({"data": label, "split": split, "held_out": FLAGS.held_out})
         print(json.dumps(row), flush=True)
-    return rows, result
+    return rows, splits
 
 
-def noise_floor_row(result):
+def noise_floor_row(splits):
     from tte_tfrs.data.synthetic import SyntheticConfig, generate
-    observed, best = generate(SyntheticConfig())[3].best_predictions(result.splits.test)
-    return {"model": "planted truth (noise floor)", "data": "embedded (synthetic)", "split": "random",
-            "rmse": metrics.rmse(observed, best), "mae": metrics.mae(observed, best)}
+    observed, best = generate(SyntheticConfig())[3].best_predictions(splits.test)
+    return {"model": "planted truth (noise floor)", "data": "embedded (synthetic)",
+            "split": "random", "rmse": metrics.rmse(observed, best),
+            "mae": metrics.mae(observed, best)}
 
 
 def summarise(rows):
-    """Means over folds per (data, model)."""
-    out = {}
+    """Means over folds per (data, model), in first-seen order."""
+    groups = {}
     for row in rows:
-        key = (row["data"], row["model"])
-        out.setdefault(key, []).append(row)
+        groups.setdefault((row["data"], row["model"]), []).append(row)
     table = []
-    for (data, model), group in out.items():
-        mean = {"data": data, "model": model, "folds": len(group)}
+    for (data, model), group in groups.items():
+        mean = {"data": data, "model": model, "folds": len(group), "note": group[0].get("note", "")}
         for key in group[0]:
             values = [g.get(key) for g in group]
-            if all(isinstance(v, (int, float)) and v is not None for v in values):
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 mean[key] = float(np.mean(values))
         table.append(mean)
     return table
 
 
+COLUMNS = (("RMSE", "rmse", ".4f"), ("MAE", "mae", ".4f"), ("Recall@{k}", "recall@{k}", ".4f"),
+           ("NDCG@{k}", "ndcg@{k}", ".4f"), ("HitRate@{k}", "hit_rate@{k}", ".4f"),
+           ("coverage@{k}", "coverage@{k}", ".4f"), ("top item share", "top_item_share", ".3f"),
+           ("train s", "train_seconds", ".1f"))
+
+
 def markdown(table, k):
-    head = (f"| data | model | folds | RMSE | MAE | recall@{k} | NDCG@{k} | coverage@{k} | train s "
-            "| examples/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    def fmt(row, key, spec):
-        return format(row[key], spec) if key in row else "–"
-    return head + "".join(
-        f"| {r['data']} | {r['model']} | {r['folds']} | {fmt(r, 'rmse', '.4f')} | "
-        f"{fmt(r, 'mae', '.4f')} | {fmt(r, f'recall@{k}', '.4f')} | {fmt(r, f'ndcg@{k}', '.4f')} | "
-        f"{fmt(r, f'coverage@{k}', '.4f')} | {fmt(r, 'train_seconds', '.1f')} | "
-        f"{fmt(r, 'train_examples_per_second', ',.0f')} |\n" for r in table)
+    names = [c[0].format(k=k) for c in COLUMNS]
+    out = ("| data | model | folds | " + " | ".join(names) + " |\n|"
+           + "---|" * (3 + len(names)) + "\n")
+    for row in table:
+        cells = [format(row[key.format(k=k)], spec) if key.format(k=k) in row else "–"
+                 for _, key, spec in COLUMNS]
+        out += f"| {row['data']} | {row['model']} | {row['folds']} | " + " | ".join(cells) + " |\n"
+    notes = {(r["model"], r["note"]) for r in table if r.get("note") and r["folds"] == 1}
+    return out + "\n" + "".join(f"- {m}: {n}\n" for m, n in sorted(notes))
 
 
 def main(argv):
     del argv
+    configs = [(text, parse_config(text)) for text in FLAGS.config]
+    started = time.perf_counter()
     rows = []
-    if FLAGS.embedded:
+    for path in FLAGS.merge:
+        with open(path, encoding="utf-8") as f:
+            rows += json.load(f)["rows"]
+    if FLAGS.embedded and not FLAGS.merge:
         dataset = tte_tfrs.load_dataset()
-        found, result = run_split("embedded (synthetic)", "random", TrainConfig(), dataset)
-        rows += found + [noise_floor_row(result)]
-    if FLAGS.movielens:
+        found, splits = run_split("embedded (synthetic)", dataset, "random", None, configs)
+        rows += found + ([noise_floor_row(splits)] if FLAGS.held_out == "test" else [])
+    if FLAGS.movielens and not FLAGS.merge:
         dataset = tte_tfrs.load_dataset(FLAGS.movielens)
         for fold in FLAGS.folds:
-            rows += run_split("MovieLens 100K", fold, TrainConfig(data_dir=FLAGS.movielens,
-                                                                    split=fold), dataset)[0]
-    if FLAGS.bookcrossing:
+            rows += run_split("MovieLens 100K", dataset, fold, FLAGS.movielens, configs)[0]
+    if FLAGS.bookcrossing and not FLAGS.merge:
         dataset = tte_tfrs.load_dataset(FLAGS.bookcrossing)
-        rows += run_split("Book-Crossing explicit", "random",
-                          TrainConfig(data_dir=FLAGS.bookcrossing), dataset)[0]
+        rows += run_split(BOOK_CROSSING, dataset, "random", FLAGS.bookcrossing, configs)[0]
     table = summarise(rows)
-    text = (f"Machine: {platform.machine()} {platform.system()}, Python {platform.python_version()}. "
-            f"Command: python {' '.join(sys.argv)}\n\n" + markdown(table, FLAGS.k))
+    text = (f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}. Command: python {' '.join(sys.argv)}. "
+            f"Held out: {FLAGS.held_out}. Wall clock {time.perf_counter() - started:.0f} s.\n\n"
+            + markdown(table, FLAGS.k))
     print(text)
     if FLAGS.markdown:
         with open(FLAGS.markdown, "w", encoding="utf-8") as f:

@@ -314,10 +314,15 @@ def _manifest(result, version, item_count, retrieval_k, checkpoint_files):
         "version": version,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "embedding_dim": dim,
-        "latent_dim": user_tower.latent_dim,
+        "latent_dim": dim - 2,
+        "ensemble_members": user_tower.members,
         "embedding_layout": {"user": "[latent_0..latent_{k-1}, user_bias + global_mean, 1]",
                              "item": "[latent_0..latent_{k-1}, 1, item_bias]",
-                             "rating": "dot(user_embedding, item_embedding)"},
+                             "rating": "dot(user_embedding, item_embedding)"}
+        if user_tower.members == 1 else {
+            "user": "[member latents / M, mean over members of (user_bias + global_mean), 1]",
+            "item": "[member latents, 1, mean over members of item_bias]",
+            "rating": "dot(user_embedding, item_embedding) = the members' mean rating"},
         "signatures": {
             "user_tower": _signature_doc(user_specs, {"embedding": {"dtype": "float32",
                                                                     "shape": [-1, dim]}}),
@@ -342,6 +347,7 @@ def _manifest(result, version, item_count, retrieval_k, checkpoint_files):
         "checkpoint": {"path": f"{CHECKPOINT}/{version}", "files": checkpoint_files},
         "parent_version": result.parent.version if result.parent is not None else None,
         "update": result.update,
+        "tuning": getattr(result, "tuning", None),
         "config": result.config.to_dict(),
         "metrics": result.metrics,
         "history": result.history,

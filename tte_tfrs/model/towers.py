@@ -15,7 +15,10 @@ row, every step). ``batch``: J of the embedding rows a batch looks up, computed 
 computation is deterministic (Keras' activity-regularizer path was not: it made same-seed training
 differ in the last bits about one run in eight).
 
-May import: tte_tfrs.data.features.
+A user tower may also hold the user-history feature (`tte_tfrs.model.history`): the items each
+training user interacted with, stored in the tower and looked up by user id.
+
+May import: tte_tfrs.data.features, tte_tfrs.model.history.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tte_tfrs.data import features
+from tte_tfrs.model.history import HISTORY, HistoryEncoder, UserHistories
 
 USER = "user"
 ITEM = "item"
@@ -188,13 +192,22 @@ class Tower(tf.keras.Model):
       hidden_units: optional ReLU layer sizes applied to the concatenated feature vectors.
       global_mean: initial mu (user side only; trained with the rest).
       seed: initialisation seed.
+      histories: `UserHistories` (user side only): adds the user-history feature, looked up by
+        the first spec (the user id).
+      members: M, an ensemble of M independently initialised models in the same tables (each
+        row holds M blocks of k + 1 values). `embed` folds them into one vector,
+        user ``[latent_1/M, ..., latent_M/M, mean_m(b_u,m + mu_m), 1]`` and item
+        ``[latent_1, ..., latent_M, 1, mean_m(b_i,m)]``, whose dot product is the mean of the
+        members' predicted ratings; `members_with_penalty` gives each member's own embedding
+        ``[B, M, k + 2]`` for training. Not with hidden_units.
     """
 
     def __init__(self, specs: Sequence[features.FeatureSpec],
                  vocabularies: Mapping[str, Sequence[str]], latent_dim: int, side: str,
                  regularizer: tf.keras.regularizers.Regularizer | None = None,
                  hidden_units: Sequence[int] = (), global_mean: float = 0.0, seed: int = 0,
-                 regularization_scope: str = "table", **kwargs: Any):
+                 regularization_scope: str = "table", histories: UserHistories | None = None,
+                 members: int = 1, **kwargs: Any):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
             raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
@@ -203,12 +216,24 @@ class Tower(tf.keras.Model):
                              f"{regularization_scope!r}")
         self.specs = tuple(specs)
         self.latent_dim = int(latent_dim)
+        self.members = int(members)
+        if self.members < 1 or (self.members > 1 and hidden_units):
+            raise ValueError("members must be >= 1, and 1 with hidden units")
+        width = self.members * (latent_dim + 1)
         self.side = side
         # Batch scope: J of the looked-up rows, computed by embed_with_penalty (training only).
         self.row_regularizer = regularizer if regularization_scope == "batch" else None
         regularization = {"embeddings_regularizer": regularizer} if regularization_scope == "table" else {}
-        self.encoders = [make_encoder(spec, vocabularies, latent_dim + 1, regularization,
+        self.encoders = [make_encoder(spec, vocabularies, width, regularization,
                                       seed + 7919 * (side == ITEM)) for spec in self.specs]
+        # (feature name, raw input name) of each encoder, in order.
+        self.feature_inputs = [(spec.name, spec.name) for spec in self.specs]
+        if histories is not None:
+            if side != USER:
+                raise ValueError("only a user tower holds the user-history feature")
+            self.encoders.append(HistoryEncoder(self.specs[0], histories, width,
+                                                regularization, seed))
+            self.feature_inputs.append((HISTORY, self.specs[0].name))
         self.hidden = [tf.keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
                                              kernel_initializer=tf.keras.initializers.GlorotUniform(
                                                  seed=seed + n), name=f"hidden_{n}")
@@ -219,12 +244,13 @@ class Tower(tf.keras.Model):
                 kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + 99))
         if side == USER:
             self.global_mean = self.add_weight(
-                name="global_mean", shape=(), trainable=True,
+                name="global_mean", shape=() if self.members == 1 else (self.members,),
+                trainable=True,
                 initializer=tf.keras.initializers.Constant(float(global_mean)))
 
     @property
     def output_dim(self):
-        return self.latent_dim + 2
+        return self.members * self.latent_dim + 2
 
     def tables(self):
         """{vocabulary name: (StringLookup, Embedding)} of every looked-up feature of the tower."""
@@ -235,6 +261,8 @@ class Tower(tf.keras.Model):
                             for key in encoder.lookups})
             elif isinstance(encoder, TokenEncoder):
                 out[encoder.spec.name] = (encoder.lookup, encoder.embedding)
+            elif isinstance(encoder, HistoryEncoder):
+                out[HISTORY] = (encoder.lookup, encoder.embedding)
         return out
 
     def vocabularies(self):
@@ -253,8 +281,8 @@ class Tower(tf.keras.Model):
 
         Training runs this once over the data and trains `embed` on the result; serving runs both.
         """
-        return {spec.name: encoder.preprocess(inputs[spec.name])
-                for spec, encoder in zip(self.specs, self.encoders)}
+        return {name: encoder.preprocess(inputs[source])
+                for (name, source), encoder in zip(self.feature_inputs, self.encoders)}
 
     def call(self, inputs):
         return self.embed(self.preprocess(inputs))
@@ -269,29 +297,59 @@ class Tower(tf.keras.Model):
         where Keras weight regularizers (`losses`) carry J instead."""
         return self._embed(preprocessed, with_penalty=self.row_regularizer is not None)
 
+    def members_with_penalty(self, preprocessed):
+        """(each member's embedding [batch, M, k + 2], J as in `embed_with_penalty`)."""
+        encoded, penalty = self._encode(preprocessed, self.row_regularizer is not None)
+        return self._members(encoded), penalty
+
     def _embed(self, preprocessed, with_penalty):
+        encoded, penalty = self._encode(preprocessed, with_penalty)
+        if self.members > 1:
+            return self.fold_members(self._members(encoded)), penalty
+        return self._fold_biases(encoded), penalty
+
+    def _members(self, encoded):
+        k = self.latent_dim
+        encoded = tf.reshape(encoded, [-1, self.members, k + 1])
+        latent, bias = encoded[..., :k], encoded[..., k:]
+        ones = tf.ones_like(bias)
+        if self.side == USER:
+            return tf.concat([latent, bias + self.global_mean[:, tf.newaxis], ones], axis=-1)
+        return tf.concat([latent, ones, bias], axis=-1)
+
+    def fold_members(self, members):
+        """Member embeddings [batch, M, k + 2] -> the one vector per row whose dot products are
+        the members' mean predicted rating (see the class docstring)."""
+        k, m = self.latent_dim, self.members
+        latent = tf.reshape(members[..., :k], [-1, m * k])
+        if self.side == USER:
+            latent = latent / m
+        return tf.concat([latent, tf.reduce_mean(members[..., k:], axis=1)], axis=1)
+
+    def _encode(self, preprocessed, with_penalty):
         parts, penalties = [], []
-        for spec, encoder in zip(self.specs, self.encoders):
-            rows = encoder.rows(preprocessed[spec.name])
+        for (name, _), encoder in zip(self.feature_inputs, self.encoders):
+            rows = encoder.rows(preprocessed[name])
             parts.append(encoder.combine(rows))
             if with_penalty:
                 penalties += [self._row_penalty(r) for r in rows]
         penalty = tf.add_n(penalties) if penalties else tf.constant(0.0)
-        return self._fold_biases(parts), penalty
+        return self._combine(parts), penalty
 
     def _row_penalty(self, rows):
         values = rows.flat_values if isinstance(rows, tf.RaggedTensor) else rows
         count = tf.cast(tf.maximum(tf.shape(values)[0], 1), values.dtype)
         return self.row_regularizer(values) / count
 
-    def _fold_biases(self, parts):
+    def _combine(self, parts):
         if self.hidden:
             hidden = tf.concat(parts, axis=1)
             for layer in self.hidden:
                 hidden = layer(hidden)
-            encoded = self.projection(hidden)
-        else:
-            encoded = tf.add_n(parts)
+            return self.projection(hidden)
+        return tf.add_n(parts)
+
+    def _fold_biases(self, encoded):
         latent, bias = encoded[:, : self.latent_dim], encoded[:, self.latent_dim:]
         ones = tf.ones_like(bias)
         if self.side == USER:

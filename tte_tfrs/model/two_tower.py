@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -26,6 +27,9 @@ class TwoTowerRatingModel(tfrs.Model):
     scope, hidden-layer kernels). The steps mirror ``tfrs.Model``'s and report the same metrics
     (``loss``, ``regularization_loss``, ``total_loss``, ``rmse``, ``mae``).
 
+    With ``retrieval_weight`` w > 0 training adds w times a tfrs Retrieval task on the same dot
+    product (`retrieval_loss`); with w = 0 the step is exactly the SRS loss above.
+
     Under a `tf.distribute` strategy each replica computes its share of the batch's loss (the
     per-example losses summed over the global batch size, `tf.nn.compute_average_loss`, and J
     over the number of replicas), so the summed gradients and the reported values are those of
@@ -33,10 +37,21 @@ class TwoTowerRatingModel(tfrs.Model):
     (``distribute_reduction_method = "first"``: Keras' metrics are already global).
     """
 
-    def __init__(self, user_tower: Tower, item_tower: Tower):
+    def __init__(self, user_tower: Tower, item_tower: Tower, retrieval_weight: float = 0.0,
+                 item_probabilities: np.ndarray | None = None):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
+        self.retrieval_weight = float(retrieval_weight)
+        if self.retrieval_weight:
+            if item_probabilities is None:
+                raise ValueError("a retrieval weight needs the items' sampling probabilities")
+            # Each item id row's share of the training rows (row 0: unknown items).
+            self.item_probabilities = tf.constant(np.asarray(item_probabilities, np.float32))
+            self.retrieval = tfrs.tasks.Retrieval(
+                loss=tf.keras.losses.CategoricalCrossentropy(
+                    from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+                remove_accidental_hits=True)
         self.task = tfrs.tasks.Ranking(
             # Per-example losses: averaged by losses_of, as tf.distribute needs.
             loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE),
@@ -70,14 +85,51 @@ class TwoTowerRatingModel(tfrs.Model):
         """(task loss, regularization loss) of a batch from `preprocess`: this replica's share,
         so that the sums over the replicas of a strategy are the values of the whole batch (in
         one process: the values themselves)."""
+        if self.user_tower.members > 1:
+            return self._ensemble_losses(inputs, training)
         user, user_penalty = self.user_tower.embed_with_penalty(inputs[USER])
         item, item_penalty = self.item_tower.embed_with_penalty(inputs[ITEM])
         predictions = tf.reduce_sum(user * item, axis=1)
         per_example = self.task(labels=inputs[RATING][:, tf.newaxis],
                                 predictions=predictions[:, tf.newaxis], training=training)
         loss = tf.nn.compute_average_loss(per_example)
+        return self._with_retrieval_and_penalties(loss, user, item, inputs, training,
+                                                  user_penalty, item_penalty)
+
+    def _ensemble_losses(self, inputs: Mapping, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """M members: the sum of each member's own squared error (M independent models in the
+        same tables); metrics score the members' mean, the rating the export serves."""
+        users, user_penalty = self.user_tower.members_with_penalty(inputs[USER])
+        items, item_penalty = self.item_tower.members_with_penalty(inputs[ITEM])
+        member_predictions = tf.reduce_sum(users * items, axis=-1)             # [batch, M]
+        ratings = inputs[RATING]
+        self.task(labels=ratings[:, tf.newaxis], training=training,
+                  predictions=tf.reduce_mean(member_predictions, axis=1)[:, tf.newaxis])
+        per_example = tf.reduce_sum(tf.square(ratings[:, tf.newaxis] - member_predictions), axis=1)
+        loss = tf.nn.compute_average_loss(per_example)
+        user = self.user_tower.fold_members(users)
+        item = self.item_tower.fold_members(items)
+        return self._with_retrieval_and_penalties(loss, user, item, inputs, training,
+                                                  user_penalty, item_penalty)
+
+    def _with_retrieval_and_penalties(self, loss, user, item, inputs, training, user_penalty,
+                                      item_penalty):
+        if self.retrieval_weight and training:
+            loss += self.retrieval_weight * self.retrieval_loss(user, item, inputs[ITEM])
         penalties = [user_penalty, item_penalty] + [tf.reduce_sum(x) for x in self.losses]
         return loss, per_replica(tf.reduce_sum(tf.stack(penalties)))
+
+    def retrieval_loss(self, user: tf.Tensor, item: tf.Tensor, item_inputs: Mapping) -> tf.Tensor:
+        """The joint objective's term: the mean over the batch of the softmax cross-entropy of
+        each user's own item among the batch's items, scored by the same dot product, each
+        candidate's logit lowered by the log of its sampling probability (logQ correction) and
+        other rows of the same item removed from a user's negatives."""
+        name = self.item_tower.specs[0].name
+        ids = item_inputs[name][name]                    # the item id's row numbers
+        per_example = self.retrieval(
+            user, item, candidate_sampling_probability=tf.gather(self.item_probabilities, ids),
+            candidate_ids=ids, compute_metrics=False)
+        return tf.reduce_mean(per_example)
 
     def train_step(self, inputs: Mapping) -> dict:
         with tf.GradientTape() as tape:

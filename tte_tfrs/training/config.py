@@ -175,6 +175,22 @@ class ModelConfig(ConfigBase):
       min_count: a category, text token or tag needs this many training rows to get its own
         embedding; rarer ones share the out-of-vocabulary slot. Ids always get their own row.
       max_text_tokens: the most frequent words kept for each text feature.
+      user_history: give the user tower the user-history feature (SVD++'s implicit feedback): the
+        items each user interacted with in the training rows (and the data's implicit
+        interactions, e.g. Book-Crossing rating 0; never a validation or test pair), stored in
+        the tower and looked up by user id, combined with weight 1/sqrt(n). Single-process,
+        in-memory training only.
+      ensemble_members: M models trained at once in the same tables (each with its own
+        initialisation and rating loss); the export folds them into one embedding per user and
+        item (M * k + 2 dimensions) whose dot product is the mean of the M predicted ratings, so
+        one index serves the ensemble. Each step costs about M times the embedding work. Not
+        with hidden_units; single-process, in-memory training only.
+      history_size: the most items kept per user for user_history (a seeded sample above it).
+      retrieval_weight: w of the joint objective: w times a tfrs Retrieval task (in-batch
+        softmax over the batch's items, corrected by each item's share of the training rows) on
+        the same dot product is added to the rating loss. Trades RMSE for top-K recall and
+        catalogue coverage (README); 0 gives exactly the SRS rating loss. Single-process,
+        in-memory training only.
     """
 
     embedding_dim: int = 16
@@ -184,6 +200,10 @@ class ModelConfig(ConfigBase):
     regularization_scope: str = "batch"
     min_count: int = 2
     max_text_tokens: int = 20000
+    user_history: bool = False
+    history_size: int = 64
+    ensemble_members: int = 1
+    retrieval_weight: float = 0.0
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "regularizer": REGULARIZERS, "regularization_scope": REGULARIZATION_SCOPES}
@@ -198,6 +218,12 @@ class ModelConfig(ConfigBase):
             "must be table or batch"
         yield "min_count", whole_number(self.min_count, 1), "must be a whole number >= 1"
         yield "max_text_tokens", whole_number(self.max_text_tokens, 1), "must be a whole number >= 1"
+        yield "history_size", whole_number(self.history_size, 1), "must be a whole number >= 1"
+        yield "ensemble_members", whole_number(self.ensemble_members, 1), \
+            "must be a whole number >= 1"
+        yield "ensemble_members", self.ensemble_members == 1 or not self.hidden_units, \
+            "must be 1 with hidden_units (an ensemble folds summed towers only)"
+        yield "retrieval_weight", finite_number(self.retrieval_weight, 0), "must be a number >= 0"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -218,6 +244,12 @@ class TrainerConfig(ConfigBase):
       log_dir: TensorBoard logs go here; None disables them. (What an update continues from is
         the export's checkpoint/<version>/, written by `tte_tfrs.export`.)
       verbose: progress output: 0 silent, 1 a progress bar, 2 one line per stage and per epoch.
+      tune_trials: tune learning_rate, regularization and embedding_dim on the validation rows
+        with Optuna (`tte_tfrs.training.tuning`), trying at most this many settings (the first is
+        the given one); the best is kept and the manifest records every trial. 0: no limit when
+        tune_minutes is set, else no tuning.
+      tune_minutes: tune (as tune_trials) until this many minutes have passed (no new trial
+        starts after it); 0: no time limit.
     """
 
     epochs: int = 100
@@ -229,6 +261,8 @@ class TrainerConfig(ConfigBase):
     deterministic: bool = True
     log_dir: str | None = None
     verbose: int = 2
+    tune_trials: int = 0
+    tune_minutes: float = 0.0
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"optimizer": OPTIMIZERS}
 
@@ -242,6 +276,8 @@ class TrainerConfig(ConfigBase):
             "must be a whole number >= 0"
         yield "seed", whole_number(self.seed, 0) and self.seed < 2 ** 31, \
             "must be a whole number from 0 to 2**31 - 1"
+        yield "tune_trials", whole_number(self.tune_trials, 0), "must be a whole number >= 0"
+        yield "tune_minutes", finite_number(self.tune_minutes, 0), "must be a number >= 0"
         yield "verbose", self.verbose in (0, 1, 2) and not isinstance(self.verbose, bool), \
             "must be 0, 1 or 2"
         yield "log_dir", self.log_dir is None or (isinstance(self.log_dir, str)

@@ -60,6 +60,33 @@ def uses_scaled_path(config: TrainConfig, dataset: object = None) -> bool:
     return config.strategy != distributed.NONE or wants_streaming(config, dataset)
 
 
+def check_supported(config: TrainConfig, dataset: object = None) -> None:
+    """Refuses settings this path does not train (rather than training something else).
+
+    Raises:
+      ConfigError: ``user_history`` or ``retrieval_weight``, naming the flag that turns it off.
+    """
+    where = (f"strategy={config.strategy}" if config.strategy != distributed.NONE
+             else "streamed input (input_mode=streaming, or auto above streaming_threshold_mb)")
+    if config.user_history:
+        raise ConfigError(f"user_history is not supported with {where}; train without it "
+                          "(--nouser_history) or in one process with input_mode=memory",
+                          field="user_history")
+    for field in ("tune_trials", "tune_minutes"):
+        if getattr(config, field):
+            raise ConfigError(f"{field} (tuning) is not supported with {where}; tune in one "
+                              "process with input_mode=memory and pass the chosen settings",
+                              field=field)
+    if config.ensemble_members != 1:
+        raise ConfigError(f"ensemble_members is not supported with {where}; set "
+                          "--ensemble_members=1 or train in one process with input_mode=memory",
+                          field="ensemble_members")
+    if config.retrieval_weight:
+        raise ConfigError(f"retrieval_weight is not supported with {where}; set "
+                          "--retrieval_weight=0 or train in one process with input_mode=memory",
+                          field="retrieval_weight")
+
+
 @dataclasses.dataclass
 class SplitSizes:
     """The sizes of a split kept on disk (what `Splits.sizes` gives for one in memory)."""
@@ -104,6 +131,7 @@ def train(config: TrainConfig, dataset: Dataset | StreamedDataset | None = None
       DataError, ConfigError: as `trainer.train`; ConfigError also for a ``TF_CONFIG`` that does
         not fit the strategy.
     """
+    check_supported(config, dataset)
     role, strategy = distributed.start(config)
     if not role.trains:
         distributed.serve(role)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tte_tfrs import paths
@@ -20,6 +21,7 @@ from tte_tfrs.data.split import Splits, split_ratings
 from tte_tfrs.data.tfdata import make_tf_dataset, make_training_dataset
 from tte_tfrs.errors import ConfigError
 from tte_tfrs.evaluation import metrics
+from tte_tfrs.model.history import UserHistories, user_histories
 from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
 from tte_tfrs.model.two_tower import NON_FINITE_LOSS, RATING, TwoTowerRatingModel
 from tte_tfrs.model.vocabulary import build_vocabularies
@@ -46,6 +48,8 @@ class TrainResult:
         catalogue, users and interactions are kept in the new export); None otherwise.
       update: for a warm start, what the manifest records about it (parent version, data added,
         vocabulary growth, metrics before and after); None otherwise.
+      tuning: with ``tune_trials`` / ``tune_minutes``, what the manifest records about the
+        search (`tte_tfrs.training.tuning`); None otherwise.
     """
 
     model: TwoTowerRatingModel
@@ -56,24 +60,80 @@ class TrainResult:
     history: dict
     parent: Any = None          # tte_tfrs.training.warm_start.Parent
     update: dict | None = None
+    tuning: dict | None = None
 
 
 def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, global_mean: float,
-                vocabularies: dict | None = None) -> TwoTowerRatingModel:
+                vocabularies: dict | None = None,
+                histories: UserHistories | None = None) -> TwoTowerRatingModel:
     """Builds (untrained) towers and model for `dataset`.
 
     Vocabularies come from the training rows unless given (a warm start passes grown ones).
+    `histories` (`history_pairs` -> `user_histories`) are needed when ``config.user_history``.
+
+    Raises:
+      ConfigError: ``user_history`` without `histories`, or ``retrieval_weight`` without
+        training rows (the items' sampling probabilities come from them).
     """
     if vocabularies is None:
         vocabularies = build_vocabularies(dataset.user_features + dataset.item_features,
                                           train_columns, config.min_count, config.max_text_tokens)
+    if config.user_history and histories is None:
+        raise ConfigError("user_history needs the users' training interactions; this training "
+                          "path has none: set user_history=False (--nouser_history)",
+                          field="user_history")
     regularizer = make_regularizer(config.regularizer, config.regularization)
-    common = dict(seed=config.seed, regularization_scope=config.regularization_scope)
+    common = dict(seed=config.seed, regularization_scope=config.regularization_scope,
+                  members=config.ensemble_members)
     user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
-                       config.hidden_units, global_mean=global_mean, **common)
+                       config.hidden_units, global_mean=global_mean,
+                       histories=histories if config.user_history else None, **common)
     item_tower = Tower(dataset.item_features, vocabularies, config.embedding_dim, ITEM, regularizer,
                        config.hidden_units, **common)
-    return TwoTowerRatingModel(user_tower, item_tower)
+    probabilities = None
+    if config.retrieval_weight:
+        name = dataset.item_features[0].name
+        if name not in train_columns:
+            raise ConfigError("retrieval_weight needs the training rows in memory; set it to 0 "
+                              "(--retrieval_weight=0) for this training path",
+                              field="retrieval_weight")
+        probabilities = item_probabilities(vocabularies.get(name, []), train_columns[name])
+    return TwoTowerRatingModel(user_tower, item_tower, config.retrieval_weight, probabilities)
+
+
+def item_probabilities(vocabulary, item_ids) -> np.ndarray:
+    """Each item-id row's share of the training rows (row 0: the unknown slot, given the
+    smallest share so that its log stays finite)."""
+    position = pd.Series(np.arange(1, len(vocabulary) + 1), index=pd.Index(list(vocabulary)))
+    rows = pd.Series(np.asarray(item_ids).astype(str)).map(position).fillna(0).to_numpy(np.int64)
+    counts = np.bincount(rows, minlength=len(vocabulary) + 1).astype(np.float64)
+    counts[counts == 0] = 1.0
+    return (counts / max(len(rows), 1)).astype(np.float32)
+
+
+def history_pairs(dataset: Dataset, splits: Splits, extra: pd.DataFrame | None = None
+                  ) -> pd.DataFrame:
+    """The (user_id, item_id) interactions the user-history feature may use: every interaction of
+    `dataset` (explicit and implicit) and `extra` (a warm start's parent interactions), less the
+    validation and test pairs."""
+    frames = [dataset.ratings[["user_id", "item_id"]]]
+    if extra is not None:
+        frames.append(extra[["user_id", "item_id"]])
+    pairs = pd.concat(frames, ignore_index=True).astype(str).drop_duplicates()
+    held = pd.concat([splits.validation[["user_id", "item_id"]],
+                      splits.test[["user_id", "item_id"]]], ignore_index=True).astype(str)
+    held_out = pd.MultiIndex.from_frame(held)
+    return pairs[~pd.MultiIndex.from_frame(pairs).isin(held_out)].reset_index(drop=True)
+
+
+def histories_for(config: TrainConfig, dataset: Dataset, splits: Splits,
+                  extra: pd.DataFrame | None = None,
+                  vocabulary: list | None = None) -> UserHistories | None:
+    """The `UserHistories` of a run (None when ``config.user_history`` is off)."""
+    if not config.user_history:
+        return None
+    return user_histories(history_pairs(dataset, splits, extra), config.history_size,
+                          config.seed, vocabulary)
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
@@ -295,9 +355,13 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
     from tte_tfrs.training import scaled  # a strategy or streamed data: scaled.train
     if scaled.uses_scaled_path(config, dataset):
         return scaled.train(config, dataset)
+    if config.tune_trials or config.tune_minutes:
+        from tte_tfrs.training import tuning
+        return tuning.tune(config, dataset)
     dataset, splits, train_columns, validation_columns = start(config, dataset)
     global_mean = float(np.mean(train_columns[RATING]))
-    model = build_model(config, dataset, train_columns, global_mean)
+    model = build_model(config, dataset, train_columns, global_mean,
+                        histories=histories_for(config, dataset, splits))
     history, metrics = fit(model, config, train_columns, validation_columns)
     metrics.update(evaluate_splits(model, dataset, splits, validation_columns, global_mean))
     if not all(np.isfinite(v) for v in metrics.values()):

@@ -23,6 +23,7 @@ from tte_tfrs.data.dataset import Dataset, join_features
 from tte_tfrs.data.loader import full_schema, load_dataset
 from tte_tfrs.errors import ConfigError, TteError
 from tte_tfrs.exports.reader import ExportReader, read_consistent
+from tte_tfrs.model.history import HISTORY, history_vocabulary, user_histories
 from tte_tfrs.model.two_tower import RATING
 from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import checkpoint
@@ -30,7 +31,9 @@ from tte_tfrs.training import trainer as training
 from tte_tfrs.training.config import TrainConfig
 
 # Settings that shape the model's tables: an update keeps the parent's.
-FIXED_BY_PARENT = ("embedding_dim", "hidden_units", "regularizer", "min_count", "max_text_tokens")
+FIXED_BY_PARENT = ("embedding_dim", "hidden_units", "regularizer", "min_count", "max_text_tokens",
+                   "user_history", "history_size", "ensemble_members", "tune_trials",
+                   "tune_minutes")
 # An update whose item table lists less than this share of the parent's catalogue is refused.
 MIN_CATALOGUE_SHARE = 0.5
 
@@ -90,6 +93,8 @@ class Parent:
           ConfigError: an override of a setting in `FIXED_BY_PARENT` or an unknown field.
         """
         parent = TrainConfig.from_manifest(self.manifest, f"{self.output_dir}/manifest.json")
+        if "user_history" not in self.manifest["config"]:      # exported before the feature
+            parent = dataclasses.replace(parent, user_history=False)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         for key, value in overrides.items():
             if key not in known:
@@ -199,9 +204,16 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
     specs = dataset.user_features + dataset.item_features
     new_vocabularies = build_vocabularies(specs, train_columns, config.min_count,
                                           config.max_text_tokens)
+    pairs = None
+    if config.user_history:         # the parent's interactions stay in the users' histories
+        pairs = training.history_pairs(dataset, splits, parent.interactions)
+        new_vocabularies[HISTORY] = history_vocabulary(pairs)
     vocabularies, growth = checkpoint.grow_vocabularies(parent.vocabularies, new_vocabularies)
+    histories = None if pairs is None else user_histories(
+        pairs, config.history_size, config.seed, vocabularies[HISTORY])
     global_mean = float(np.mean(train_columns[RATING]))
-    model = training.build_model(config, dataset, train_columns, global_mean, vocabularies)
+    model = training.build_model(config, dataset, train_columns, global_mean, vocabularies,
+                                 histories)
     training.predict(model, {k: v[:1] for k, v in train_columns.items()})   # creates the weights
     checkpoint.restore_grown(model, parent.weights)
 

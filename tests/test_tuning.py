@@ -1,0 +1,37 @@
+"""tte-train --tune_trials / --tune_minutes: Optuna on the validation rows, recorded in the manifest."""
+
+import pytest
+from conftest import tiny_config
+
+from tte_tfrs.errors import ConfigError
+from tte_tfrs.exports.writer import _manifest
+from tte_tfrs.training import trainer
+
+
+def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained):
+    # A poor first setting (a tiny step for one epoch), so the search has something to improve.
+    config = tiny_config(trained.config.data_dir, epochs=1, tune_trials=2, verbose=0,
+                         learning_rate=0.02)
+    result = trainer.train(config, trained.dataset)
+    record = result.tuning
+    trials = record["trials"]
+    assert len(trials) == 2 and record["trials_budget"] == 2
+    assert trials[0]["params"] == {"learning_rate": config.learning_rate,    # the given settings
+                                   "regularization": config.regularization,
+                                   "embedding_dim": config.embedding_dim}
+    scores = [t["validation_rmse"] for t in trials]
+    assert scores[0] > min(scores)                               # a later trial won
+    assert result.metrics["validation_rmse"] == pytest.approx(min(scores))
+    assert record["best_validation_rmse"] == pytest.approx(min(scores))
+    best = trials[scores.index(min(scores))]["params"]
+    assert result.config.embedding_dim == best["embedding_dim"] == \
+        result.model.user_tower.latent_dim
+    assert result.config.learning_rate == best["learning_rate"]
+    manifest = _manifest(result, 1, 10, 10, [])
+    assert manifest["tuning"] == record and manifest["config"]["tune_trials"] == 2
+
+
+def test_tuning_settings_are_checked():
+    with pytest.raises(ConfigError) as caught:
+        tiny_config("x", tune_minutes=-1)
+    assert caught.value.field == "tune_minutes"
