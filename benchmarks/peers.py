@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import myfm_peer  # noqa: E402
 import surprise_peers  # noqa: E402
 import topk_protocol  # noqa: E402
+from config_text import parse_config  # noqa: E402
 
 import tte_tfrs  # noqa: E402
 from tte_tfrs.data.dataset import fill_missing, join_features  # noqa: E402
@@ -73,18 +74,6 @@ flags.DEFINE_list("merge", [], "Only merge the rows of these --json files (runs 
                   "set or fold at a time) into one table.")
 FLAGS = flags.FLAGS
 BOOK_CROSSING = "Book-Crossing explicit"
-
-
-def parse_config(text):
-    """'a=1,b=x' -> {field: value}, typed like TrainConfig's defaults."""
-    defaults = TrainConfig()
-    values = {}
-    for part in filter(None, text.split(",")):
-        name, _, raw = part.partition("=")
-        default = getattr(defaults, name)
-        values[name] = (raw.lower() in ("1", "true", "yes") if isinstance(default, bool)
-                        else type(default)(raw))
-    return values
 
 
 def _row(name, held, predicted, positions, protocol, seconds, note=""):

@@ -18,6 +18,7 @@ import os
 import platform
 
 from absl import app, flags
+from config_text import parse_config
 
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.synthetic import SyntheticConfig, write_bookcrossing
@@ -29,18 +30,6 @@ flags.DEFINE_integer("epochs", 4, "Epochs per run (no early stopping).")
 flags.DEFINE_multi_string("config", [""], "TrainConfig fields changed from the defaults.")
 FLAGS = flags.FLAGS
 SIZE = SyntheticConfig(n_users=20000, n_items=30000, n_interactions=400000, seed=13)
-
-
-def parse_config(text):
-    """'a=1,b=x' -> {field: value}, typed like TrainConfig's defaults."""
-    defaults = TrainConfig()
-    values = {}
-    for part in filter(None, text.split(",")):
-        name, _, raw = part.partition("=")
-        default = getattr(defaults, name)
-        values[name] = (raw.lower() in ("1", "true", "yes") if isinstance(default, bool)
-                        else type(default)(raw))
-    return values
 
 
 def main(argv):
