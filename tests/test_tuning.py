@@ -11,7 +11,7 @@ from tte_tfrs.training import trainer
 def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained):
     # A poor first setting (a tiny step for one epoch), so the search has something to improve.
     config = tiny_config(trained.config.data_dir, epochs=1, tune_trials=2, verbose=0,
-                         learning_rate=0.02)
+                         learning_rate=0.02, early_stopping_patience=1, refit=True)
     result = trainer.train(config, trained.dataset)
     record = result.tuning
     trials = record["trials"]
@@ -28,6 +28,9 @@ def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained)
     assert result.config.embedding_dim == best["embedding_dim"] == \
         result.model.user_tower.latent_dim
     assert result.config.learning_rate == best["learning_rate"]
+    # Only the chosen settings are refitted, on training + validation rows.
+    splits = result.splits
+    assert result.metrics["refit_rows"] == len(splits.train) + len(splits.validation)
     manifest = _manifest(result, 1, 10, 10, [])
     assert manifest["tuning"] == record and manifest["config"]["tune_trials"] == 2
 
