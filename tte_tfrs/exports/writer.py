@@ -98,14 +98,17 @@ def _save(module, signature, path):
 
 def item_embeddings(item_tower, catalogue, specs, batch_size=8192):
     """Runs the item tower over every catalogue row, a batch at a time (only one batch of the
-    catalogue is ever a tensor); returns float32 [items, k + 2]."""
-    parts = []
+    catalogue is ever a tensor), into one float32 [items, k + 2] array."""
+    out = None
     for start in range(0, len(catalogue), batch_size):
         rows = catalogue.iloc[start:start + batch_size]
         batch = {s.name: tf.constant(rows[s.name].to_numpy(np.float32) if s.kind == "number"
                                      else rows[s.name].to_numpy().astype(object)) for s in specs}
-        parts.append(item_tower(batch).numpy())
-    return np.concatenate(parts).astype(np.float32)
+        part = item_tower(batch).numpy()
+        if out is None:
+            out = np.empty((len(catalogue), part.shape[1]), np.float32)
+        out[start:start + len(part)] = part
+    return out if out is not None else np.zeros((0, item_tower.output_dim), np.float32)
 
 
 def _top_k_layer(embeddings, ids, k):
