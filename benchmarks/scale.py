@@ -176,8 +176,8 @@ def serve_run(spec):
     out = {"stages": {}}
     stages = out["stages"]
     output_dir = os.path.join(spec["work"], "models")
-    index = peak.stage("index", stages, lambda: build_index(output_dir))
-    out["index"] = index[1]
+    # Only the metadata is kept: the built index and its tables go before the recommender loads.
+    out["index"] = peak.stage("index", stages, lambda: build_index(output_dir)[1])
     recommender = Recommender.load(output_dir)
     ids = _known_users(output_dir, 200)
     latencies = []

@@ -278,17 +278,8 @@ def _export_locked(result, output_dir, version, retrieval_k):
               _signature(model, user_specs + item_specs, "rating"), os.path.join(staging, "scorer"))
 
         retrieval_k = int(min(retrieval_k, len(catalogue)))
-        top_k = _top_k_layer(embeddings, catalogue["item_id"], retrieval_k)
-
-        def recommend(features):
-            scores, found = top_k(user_tower(features))
-            return {"scores": scores, "item_ids": found}
-
-        names = [spec.name for spec in user_specs]
-        serve = tf.function(lambda *tensors: recommend(dict(zip(names, tensors))),
-                            input_signature=[spec.tensor_spec() for spec in user_specs])
-        _save(serving_module(user_tower, top_k), serve.get_concrete_function(),
-              os.path.join(staging, "retrieval"))
+        _save_retrieval(user_tower, user_specs, embeddings, catalogue["item_id"], retrieval_k,
+                        os.path.join(staging, "retrieval"))
 
         folder = os.path.join(staging, EMBEDDINGS)
         os.makedirs(folder)
@@ -314,6 +305,20 @@ def _export_locked(result, output_dir, version, retrieval_k):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(output_dir=output_dir, version=version, paths=paths, manifest=manifest)
+
+
+def _save_retrieval(user_tower, user_specs, embeddings, item_ids, k, path):
+    """The retrieval SavedModel (its copy of the embeddings and ids is freed on return)."""
+    top_k = _top_k_layer(embeddings, item_ids, k)
+
+    def recommend(features):
+        scores, found = top_k(user_tower(features))
+        return {"scores": scores, "item_ids": found}
+
+    names = [spec.name for spec in user_specs]
+    serve = tf.function(lambda *tensors: recommend(dict(zip(names, tensors))),
+                        input_signature=[spec.tensor_spec() for spec in user_specs])
+    _save(serving_module(user_tower, top_k), serve.get_concrete_function(), path)
 
 
 def _manifest(result, version, item_count, retrieval_k, checkpoint_files):
