@@ -24,6 +24,9 @@ SPACE = {
     "learning_rate": ("log", 0.1, 1.0),
     "regularization": ("log", 0.03, 0.5),
     "embedding_dim": ("choice", (16, 32, 64)),
+    # The user-history feature helps on real interaction data (MovieLens, Book-Crossing) and
+    # hurts where who rates what carries no taste (BENCHMARKS.md): chosen per data set.
+    "user_history": ("choice", (False, True)),
 }
 
 
