@@ -17,8 +17,11 @@ for the in-memory path at --memory_sizes, its peer in the same run):
   recommend Recommender.recommend p50 over 200 known users
 
 Peak memory is the largest resident set size sampled every 20 ms during the stage (the process's
-peak so far is also given). --workers_size also trains on 2 multi-worker processes on this
-machine (loopback) next to 1 process, same data and settings.
+peak so far is also given). Reading, training and the export run in one process (as tte-train
+does); the index and the recommend timing in a second one (as tte-index and a serving process do),
+so each stage's peak is its own process's; the process peak is the larger of the two.
+--workers_size also trains on 2 multi-worker processes on this machine (loopback) next to 1
+process, same data and settings.
 """
 
 from __future__ import annotations
@@ -92,14 +95,10 @@ def generate(size):
 
 def one_run(spec):
     """Runs the stages of one configuration in this process; returns their measurements."""
-    import numpy as np
-
     import tte_tfrs  # noqa: F401
     from tte_tfrs.data import streaming
     from tte_tfrs.data.loader import load_dataset
     from tte_tfrs.exports.writer import export
-    from tte_tfrs.retrieval.building import build_index
-    from tte_tfrs.serving.recommender import Recommender
     from tte_tfrs.training import scaled, trainer
     from tte_tfrs.training.config import TrainConfig
 
@@ -152,14 +151,33 @@ def one_run(spec):
                        "seconds": round(result.splits.sizes()["train"]
                                         / metrics["epoch_examples_per_second"], 2)}
     output_dir = os.path.join(spec["work"], "models")
-    trained = [result]          # freed after the export, before the index is built
+    trained = [result]          # freed after the export
     del result
     exported = peak.stage("export", stages, lambda: export(trained.pop(), output_dir))
     if hasattr(data, "close"):
         data.close()
-    del data
-    index = peak.stage("index", stages, lambda: build_index(output_dir))
-    out["index"] = index[1]
+    out["metrics"] = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    out["counts"] = exported.manifest["dataset"]["counts"]
+    out["splits"] = exported.manifest["dataset"]["splits"]
+    out["peak_mb_process"] = round(_max_rss() / 2**20)
+    return out
+
+
+def serve_run(spec):
+    """tte-index and the recommend timing over the export of `spec`, in a process of their own
+    (as the index script and a serving process run them)."""
+    import numpy as np
+
+    import tte_tfrs  # noqa: F401
+    from tte_tfrs.retrieval.building import build_index
+    from tte_tfrs.serving.recommender import Recommender
+
+    peak = Peak()
+    out = {"stages": {}}
+    stages = out["stages"]
+    output_dir = os.path.join(spec["work"], "models")
+    # Only the metadata is kept: the built index and its tables go before the recommender loads.
+    out["index"] = peak.stage("index", stages, lambda: build_index(output_dir)[1])
     recommender = Recommender.load(output_dir)
     ids = _known_users(output_dir, 200)
     latencies = []
@@ -172,9 +190,6 @@ def one_run(spec):
 
     peak.stage("recommend", stages, recommend_all)
     stages["recommend"]["p50_ms"] = round(1000 * float(np.median(latencies[20:] or latencies)), 2)
-    out["metrics"] = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    out["counts"] = exported.manifest["dataset"]["counts"]
-    out["splits"] = exported.manifest["dataset"]["splits"]
     out["peak_mb_process"] = round(_max_rss() / 2**20)
     return out
 
@@ -236,7 +251,7 @@ def workers_run(data, work, workers):
 
 def markdown(results):
     lines = ["| ratings | path | read s / MB | vocab s / MB | convert s / MB | epoch s (examples/s) | "
-             "export s / MB | index s | recommend p50 ms | process peak MB | test RMSE |",
+             "export s / MB | index s | recommend p50 ms | process peak MB (train / index) | test RMSE |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.get("runs", []):
         s = r["stages"]
@@ -247,7 +262,7 @@ def markdown(results):
             f"| {r['run']['size']:,} | {r['run']['mode']} | {cell('read')} | {cell('vocab')} | "
             f"{cell('convert')} | {s['epoch']['seconds']} ({s['epoch']['examples_per_second']:,}) | "
             f"{cell('export')} | {s['index']['seconds']} | {s['recommend']['p50_ms']} | "
-            f"{r['peak_mb_process']:,} | {r['metrics'].get('test_rmse', float('nan')):.4f} |")
+            f"{_process_peaks(r)} | {r['metrics'].get('test_rmse', float('nan')):.4f} |")
     if results.get("workers"):
         lines += ["", "| processes | wall s | epoch examples/s (cluster) | validation RMSE | "
                   "test RMSE | peak MB per process |", "|---|---|---|---|---|---|"]
@@ -259,10 +274,18 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def _process_peaks(run):
+    if "peak_mb_serve_process" not in run:
+        return f"{run['peak_mb_process']:,}"
+    return f"{run['peak_mb_train_process']:,} / {run['peak_mb_serve_process']:,}"
+
+
 def main(argv):
     del argv
     if FLAGS.run:
-        print("RESULT " + json.dumps(one_run(json.loads(FLAGS.run))), flush=True)
+        spec = json.loads(FLAGS.run)
+        result = serve_run(spec) if spec["mode"] == "serve" else one_run(spec)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     import shutil
     results = {"machine": f"{os.cpu_count()} cores, {platform.machine()}, Python "
@@ -274,7 +297,13 @@ def main(argv):
             work = os.path.join(FLAGS.data_root, f"work-{size}-{mode}")
             shutil.rmtree(work, ignore_errors=True)
             run = subprocess_run({"mode": mode, "size": size, "data": data, "work": work})
+            serve = subprocess_run({"mode": "serve", "work": work})
             shutil.rmtree(work, ignore_errors=True)
+            run["stages"].update(serve["stages"])
+            run["index"] = serve["index"]
+            run["peak_mb_train_process"] = run["peak_mb_process"]
+            run["peak_mb_serve_process"] = serve["peak_mb_process"]
+            run["peak_mb_process"] = max(run["peak_mb_process"], serve["peak_mb_process"])
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
     if FLAGS.workers_size:

@@ -71,7 +71,9 @@ def test_chunked_reading_reports_counts_and_splits_as_in_memory(layout, tiny_dat
     assert not os.path.exists(data.work_dir)
 
 
-def test_vocabularies_and_rows_written_are_the_in_memory_ones(tiny_data, tmp_path):
+def test_vocabularies_and_rows_written_are_the_in_memory_ones(tiny_data, tmp_path, monkeypatch):
+    # Users and items are counted and preprocessed a few at a time: the slices must add up.
+    monkeypatch.setattr(streamed, "SLICE_ROWS", 37)
     config = tiny_config(tiny_data[0])
     whole = load_dataset(tiny_data[0])
     splits = split_ratings(whole, seed=config.seed)
@@ -112,8 +114,10 @@ def test_vocabularies_and_rows_written_are_the_in_memory_ones(tiny_data, tmp_pat
 
 
 def test_streaming_trains_and_exports_what_the_in_memory_path_exports(tiny_data, trained, exported,
-                                                                      tmp_path):
+                                                                      tmp_path, monkeypatch):
+    from tte_tfrs.exports import writer
     from tte_tfrs.workflows import train_and_export
+    monkeypatch.setattr(writer, "ID_SLICE", 29)         # ids checked and indexed a slice at a time
     config = tiny_config(tiny_data[0], input_mode="streaming", streaming_dir=str(tmp_path / "work"))
     result, streamed_export = train_and_export(config, str(tmp_path / "models"), log=lambda m: None)
     assert result.metrics["input"] == "streaming"

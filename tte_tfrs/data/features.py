@@ -120,6 +120,13 @@ def standardize_strings(spec, values):
     raise ValueError(f"feature {spec.name!r} of kind {spec.kind!r} has no string standardisation")
 
 
+def standardize_names(spec):
+    """The vocabulary names `standardize_strings` gives for `spec`, in its order."""
+    if spec.kind == "location":
+        return [f"{spec.name}/country", f"{spec.name}/state"]
+    return [spec.name]
+
+
 def text_tokens(values):
     """Words of Unicode text (a ragged tensor): lower-cased as UTF-8 (invalid bytes become U+FFFD),
     a possessive ``'s`` dropped, and every character that is not a letter, digit or combining mark

@@ -448,7 +448,7 @@ class ExportReader:
             raise ExportError(f"{os.path.dirname(path)}: {len(embeddings)} embeddings, "
                               f"{len(item_ids)} ids in {ITEM_IDS_FILE} and {len(items)} rows in "
                               f"{ITEMS_FILE}; they must agree (re-export the model)")
-        if items["item_id"].tolist() != item_ids:
+        if not items["item_id"].reset_index(drop=True).equals(pd.Series(item_ids, dtype=str)):
             raise ExportError(f"{items_path}: its item_id column does not list the ids of "
                               f"{ITEM_IDS_FILE} in the same order; re-export the model")
         return ItemTable(embeddings, np.asarray(item_ids, dtype=object), items)
@@ -463,9 +463,8 @@ class ExportReader:
         """
         path = self.file(USERS, USERS_FILE)
         users = self._read_csv(path, "user_id")
-        user_ids = users["user_id"].tolist()
-        _check_ids(user_ids, path, "user id", sorted_unique=False)
-        if len(set(user_ids)) != len(user_ids):
+        _check_ids(users["user_id"], path, "user id", sorted_unique=False)
+        if users["user_id"].duplicated().any():
             raise ExportError(f"{path}: a user id appears more than once; re-export the model")
         inputs = self.user_inputs()
         absent = [name for name in inputs if name not in users.columns]

@@ -55,6 +55,7 @@ from tte_tfrs.exports.layout import (
 from tte_tfrs.training import checkpoint
 
 RETRIEVAL_K = 100
+ID_SLICE = 1 << 16          # ids turned into Python strings at a time
 
 
 @dataclasses.dataclass
@@ -97,21 +98,29 @@ def _save(module, signature, path):
 
 def item_embeddings(item_tower, catalogue, specs, batch_size=8192):
     """Runs the item tower over every catalogue row, a batch at a time (only one batch of the
-    catalogue is ever a tensor); returns float32 [items, k + 2]."""
-    parts = []
+    catalogue is ever a tensor), into one float32 [items, k + 2] array."""
+    out = None
     for start in range(0, len(catalogue), batch_size):
         rows = catalogue.iloc[start:start + batch_size]
         batch = {s.name: tf.constant(rows[s.name].to_numpy(np.float32) if s.kind == "number"
                                      else rows[s.name].to_numpy().astype(object)) for s in specs}
-        parts.append(item_tower(batch).numpy())
-    return np.concatenate(parts).astype(np.float32)
+        part = item_tower(batch).numpy()
+        if out is None:
+            out = np.empty((len(catalogue), part.shape[1]), np.float32)
+        out[start:start + len(part)] = part
+    return out if out is not None else np.zeros((0, item_tower.output_dim), np.float32)
 
 
 def _top_k_layer(embeddings, ids, k):
     """Exact top-k item ids and scores of a user embedding (tfrs BruteForce over the catalogue)."""
     import tensorflow_recommenders as tfrs
     layer = tfrs.layers.factorized_top_k.BruteForce(k=k)
-    layer.index(tf.constant(embeddings), tf.constant(np.asarray(ids, dtype=object)))
+    ids = pd.Series(ids, dtype=object) if not isinstance(ids, pd.Series) else ids
+    # The id tensor is built a slice at a time (only one slice is ever Python strings).
+    parts = [tf.constant(ids.iloc[start:start + ID_SLICE].to_numpy(dtype=object), tf.string)
+             for start in range(0, len(ids), ID_SLICE)]
+    layer.index(tf.constant(embeddings), tf.concat(parts, axis=0) if parts
+                else tf.constant([], tf.string))
     return layer
 
 
@@ -164,7 +173,7 @@ def users_and_rated(result, item_ids):
     streamed = getattr(result.dataset, "export_users", None)
     if streamed is not None and result.parent is None:
         return streamed(item_ids)
-    return users_of(result), rated_items(interactions_of(result), item_ids)
+    return users_of(result), rated_items(interactions_of(result), list(item_ids))
 
 
 def export(result, output_dir, version=None, retrieval_k=RETRIEVAL_K):
@@ -215,17 +224,19 @@ def check_exportable(result, catalogue, users):
         if variable.dtype.is_floating and not np.isfinite(variable.numpy()).all():
             raise ExportError(f"weight {variable.name} is NaN or infinite: the training diverged; "
                               "nothing was exported (lower learning_rate and train again)")
-    for what, values in (("item id", catalogue["item_id"]), ("user id", users["user_id"])):
-        values = pd.Series(values, dtype=object).astype(str).reset_index(drop=True)
-        problems = ids.id_problems(values)
-        problems[problems.isna() & (ids.canonical_ids(values) != values)] = \
-            "has surrounding white space (not in the form tte_tfrs.ids.canonical_id gives)"
-        bad = problems.notna().to_numpy()
-        if bad.any():
-            raise ExportError(f"{what} {values[bad].iloc[0][:40]!r} {problems[bad].iloc[0]}; ids "
-                              f"must be canonical, at most {ids.MAX_ID_CHARS} characters, without "
-                              "control characters (load data with tte_tfrs.load_dataset): nothing "
-                              "was exported")
+    for what, column in (("item id", catalogue["item_id"]), ("user id", users["user_id"])):
+        for start in range(0, len(column), ID_SLICE):      # a slice of Python strings at a time
+            values = pd.Series(column.iloc[start:start + ID_SLICE], dtype=object).astype(str)
+            values = values.reset_index(drop=True)
+            problems = ids.id_problems(values)
+            problems[problems.isna() & (ids.canonical_ids(values) != values)] = \
+                "has surrounding white space (not in the form tte_tfrs.ids.canonical_id gives)"
+            bad = problems.notna().to_numpy()
+            if bad.any():
+                raise ExportError(f"{what} {values[bad].iloc[0][:40]!r} {problems[bad].iloc[0]}; "
+                                  f"ids must be canonical, at most {ids.MAX_ID_CHARS} characters, "
+                                  "without control characters (load data with "
+                                  "tte_tfrs.load_dataset): nothing was exported")
 
 
 def _export_locked(result, output_dir, version, retrieval_k):
@@ -233,7 +244,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
     user_specs, item_specs = dataset.user_features, dataset.item_features
     user_tower, item_tower = model.user_tower, model.item_tower
     catalogue = catalogue_of(result)
-    users, rated = users_and_rated(result, catalogue["item_id"].tolist())
+    users, rated = users_and_rated(result, catalogue["item_id"])
     check_exportable(result, catalogue, users)
     embeddings = item_embeddings(item_tower, catalogue, item_specs)
     if not np.isfinite(embeddings).all():
@@ -267,17 +278,8 @@ def _export_locked(result, output_dir, version, retrieval_k):
               _signature(model, user_specs + item_specs, "rating"), os.path.join(staging, "scorer"))
 
         retrieval_k = int(min(retrieval_k, len(catalogue)))
-        top_k = _top_k_layer(embeddings, catalogue["item_id"], retrieval_k)
-
-        def recommend(features):
-            scores, found = top_k(user_tower(features))
-            return {"scores": scores, "item_ids": found}
-
-        names = [spec.name for spec in user_specs]
-        serve = tf.function(lambda *tensors: recommend(dict(zip(names, tensors))),
-                            input_signature=[spec.tensor_spec() for spec in user_specs])
-        _save(serving_module(user_tower, top_k), serve.get_concrete_function(),
-              os.path.join(staging, "retrieval"))
+        _save_retrieval(user_tower, user_specs, embeddings, catalogue["item_id"], retrieval_k,
+                        os.path.join(staging, "retrieval"))
 
         folder = os.path.join(staging, EMBEDDINGS)
         os.makedirs(folder)
@@ -303,6 +305,20 @@ def _export_locked(result, output_dir, version, retrieval_k):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(output_dir=output_dir, version=version, paths=paths, manifest=manifest)
+
+
+def _save_retrieval(user_tower, user_specs, embeddings, item_ids, k, path):
+    """The retrieval SavedModel (its copy of the embeddings and ids is freed on return)."""
+    top_k = _top_k_layer(embeddings, item_ids, k)
+
+    def recommend(features):
+        scores, found = top_k(user_tower(features))
+        return {"scores": scores, "item_ids": found}
+
+    names = [spec.name for spec in user_specs]
+    serve = tf.function(lambda *tensors: recommend(dict(zip(names, tensors))),
+                        input_signature=[spec.tensor_spec() for spec in user_specs])
+    _save(serving_module(user_tower, top_k), serve.get_concrete_function(), path)
 
 
 def _manifest(result, version, item_count, retrieval_k, checkpoint_files):

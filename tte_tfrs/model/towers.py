@@ -66,6 +66,15 @@ class UnknownOnlyLookup(tf.keras.layers.Layer):
         return tf.zeros(tf.shape(inputs), tf.int64)
 
 
+def _vocabulary_of(lookup):
+    """A lookup's values in row order, the unknown slot left out: the vocabulary it was built with
+    (its table is static), else read back from the table (which builds an index -> value dict)."""
+    given = getattr(lookup, "input_vocabulary", None)
+    if isinstance(given, np.ndarray) and len(given) + 1 == lookup.vocabulary_size():
+        return [str(v) for v in given]
+    return [str(v) for v in lookup.get_vocabulary()[1:]]
+
+
 def make_lookup(vocabulary, name):
     """A string lookup with one out-of-vocabulary slot (row 0) and the vocabulary after it."""
     if not len(vocabulary):
@@ -267,8 +276,7 @@ class Tower(tf.keras.Model):
 
     def vocabularies(self):
         """{vocabulary name: values in row order}; row 0 of each table is the unknown slot."""
-        return {key: [str(v) for v in lookup.get_vocabulary()[1:]]
-                for key, (lookup, _) in self.tables().items()}
+        return {key: _vocabulary_of(lookup) for key, (lookup, _) in self.tables().items()}
 
     def weight_key(self, variable):
         """``side/layer/variable``: a name for `variable` that depends neither on the enclosing

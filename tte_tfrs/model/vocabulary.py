@@ -27,7 +27,14 @@ def build_vocabularies(specs, columns, min_count, max_text_tokens, weights=None)
       A dict from lookup name (feature name, or ``location/country`` and ``location/state``) to a
       list of strings. Number features have none.
     """
-    vocabularies = {}
+    return rank_values(specs, count_values(specs, columns, weights), min_count, max_text_tokens)
+
+
+def count_values(specs, columns, weights=None):
+    """How often each value of each lookup of `specs` occurs in `columns` (weighted by `weights`):
+    {lookup name: pd.Series of counts indexed by value}, the empty string left out. Counts of
+    slices of the rows add up (`add_counts`) to the counts of all of them."""
+    counts = {}
     for spec in specs:
         if spec.kind == "number":
             continue
@@ -37,23 +44,49 @@ def build_vocabularies(specs, columns, min_count, max_text_tokens, weights=None)
             strings = tf.constant(features.as_object_strings(values), dtype=tf.string)
             tokens = tokenize(strings)
             words = pd.Series(tokens.flat_values.numpy()).map(lambda b: b.decode("utf-8"))
-            counted = _ranked(words, min_count, None if weights is None else
-                              np.repeat(weights, tokens.row_lengths().numpy()))
-            vocabularies[spec.name] = counted[: max_text_tokens]
+            counts[spec.name] = _counts(words, None if weights is None else
+                                        np.repeat(weights, tokens.row_lengths().numpy()))
+            continue
+        for name, standardized in features.standardize_column(spec, values).items():
+            counts[name] = _counts(pd.Series(standardized), weights)
+    return counts
+
+
+def add_counts(parts):
+    """The counts of `count_values` over several slices of rows, summed per value (each part's
+    values kept as compact pandas strings, not Python objects)."""
+    out = {}
+    for name in dict.fromkeys(name for part in parts for name in part):
+        series = [part[name] for part in parts if name in part]
+        out[name] = pd.concat(series).groupby(level=0, sort=False).sum() if len(series) > 1 \
+            else series[0]
+    return out
+
+
+def rank_values(specs, counts, min_count, max_text_tokens):
+    """The vocabularies (see `build_vocabularies`) of the counts of `count_values`."""
+    vocabularies = {}
+    for spec in specs:
+        if spec.kind == "number":
+            continue
+        if spec.kind in ("text", "tags"):
+            vocabularies[spec.name] = _ranked(counts[spec.name], min_count)[: max_text_tokens]
             continue
         needed = 1 if spec.kind == "id" else min_count
-        for name, standardized in features.standardize_column(spec, values).items():
-            vocabularies[name] = _ranked(pd.Series(standardized), needed, weights)
+        for name in features.standardize_names(spec):
+            vocabularies[name] = _ranked(counts[name], needed)
     return vocabularies
 
 
-def _ranked(series, min_count, weights=None):
+def _counts(series, weights=None):
     if weights is None:
-        counts = series[series != ""].value_counts()
-    else:
-        weights = pd.Series(np.asarray(weights, dtype=np.int64), index=series.index)
-        known = series != ""
-        counts = weights[known].groupby(series[known].to_numpy()).sum()
+        return series[series != ""].value_counts()
+    weights = pd.Series(np.asarray(weights, dtype=np.int64), index=series.index)
+    known = series != ""
+    return weights[known].groupby(series[known].to_numpy()).sum()
+
+
+def _ranked(counts, min_count):
     counts = counts[counts >= min_count]
     frame = pd.DataFrame({"value": counts.index.astype(str), "count": counts.to_numpy()})
     frame = frame.sort_values(["count", "value"], ascending=[False, True], kind="stable")

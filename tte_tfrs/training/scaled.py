@@ -287,8 +287,8 @@ def _prepare_streamed(config, role, strategy, dataset):
     vocabularies = streamed.streamed_vocabularies(data, user_columns, item_columns, user_counts,
                                                   item_counts, config.min_count,
                                                   config.max_text_tokens)
-    sample = {**{k: v[:1] for k, v in user_columns.items()},
-              **{k: v[:1] for k, v in item_columns.items()}}
+    sample = {k: streamed.column_rows(v, slice(0, 1))
+              for k, v in {**user_columns, **item_columns}.items()}
     plain = _build_plain(config, data, global_mean, vocabularies, sample)
 
     multi = config.strategy == distributed.MULTI_WORKER

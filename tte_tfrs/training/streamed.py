@@ -34,10 +34,11 @@ from tte_tfrs.data.dataset import fill_missing
 from tte_tfrs.data.streaming import SPLIT_NAMES, TEST, TRAIN, StreamedDataset
 from tte_tfrs.model.towers import ITEM, USER
 from tte_tfrs.model.two_tower import RATING, TwoTowerRatingModel
-from tte_tfrs.model.vocabulary import build_vocabularies
+from tte_tfrs.model.vocabulary import add_counts, count_values, rank_values
 
 SHARD_ROWS = 1 << 18        # about this many rows per shard file
 EVAL_BLOCK = 8192           # rows per block of validation and test files
+SLICE_ROWS = 1 << 16        # users or items converted to Python strings or tensors at a time
 
 
 @dataclasses.dataclass
@@ -74,23 +75,29 @@ class ShardedData:
 
 def side_tables(data: StreamedDataset) -> tuple[dict, dict]:
     """(user columns, item columns) of every user and item code, with each feature's unknown value
-    where a table lacks the row."""
-    users = pd.concat([data.users, pd.DataFrame({"user_id": pd.Series(data.rating_users,
-                                                                       dtype=object)})],
-                      ignore_index=True)
-    items = pd.concat([data.items, pd.DataFrame({"item_id": pd.Series(data.rating_items,
-                                                                       dtype=object)})],
-                      ignore_index=True)
-    return _columns(users, data.user_features), _columns(items, data.item_features)
+    where a table lacks the row. Number columns are float32 arrays; string columns stay pandas
+    strings (Arrow memory, a few bytes a value): `column_rows` turns a slice into numpy."""
+    return (_columns(data.users, "user_id", data.rating_users, data.user_features),
+            _columns(data.items, "item_id", data.rating_items, data.item_features))
 
 
-def _columns(table, specs):
-    table = fill_missing(table, specs)
+def _columns(table, key, extra_ids, specs):
+    # As fill_missing over the table with the rating-only ids appended (it works value by value).
+    parts = [fill_missing(table, specs),
+             fill_missing(pd.DataFrame({key: pd.Series(extra_ids, dtype=str)}), specs)]
     columns = {}
     for spec in specs:
-        values = table[spec.name].to_numpy()
-        columns[spec.name] = values if values.dtype == np.float32 else np.asarray(values, object)
+        column = pd.concat([part[spec.name] for part in parts], ignore_index=True)
+        columns[spec.name] = (column.to_numpy(np.float32) if spec.kind == "number"
+                              else column.astype(str))
     return columns
+
+
+def column_rows(column, rows) -> np.ndarray:
+    """Rows `rows` (a slice or positions) of a `side_tables` column as numpy (strings as objects)."""
+    if isinstance(column, np.ndarray):
+        return column[rows]
+    return column.iloc[rows].to_numpy(dtype=object)
 
 
 def training_counts(data: StreamedDataset, labels: np.ndarray, include_implicit: bool
@@ -116,13 +123,19 @@ def streamed_vocabularies(data: StreamedDataset, user_columns: dict, item_column
                           user_counts: np.ndarray, item_counts: np.ndarray, min_count: int,
                           max_text_tokens: int) -> dict:
     """The vocabularies `build_vocabularies` gives for the joined training rows, from the distinct
-    users and items of those rows weighted by their row counts."""
+    users and items of those rows weighted by their row counts, counted a slice at a time."""
     out = {}
     for specs, columns, counts in ((data.user_features, user_columns, user_counts),
                                    (data.item_features, item_columns, item_counts)):
         used = np.flatnonzero(counts)
-        out.update(build_vocabularies(specs, {k: v[used] for k, v in columns.items()}, min_count,
-                                      max_text_tokens, weights=counts[used]))
+        parts = []
+        for start in range(0, max(1, len(used)), SLICE_ROWS):
+            rows = used[start:start + SLICE_ROWS]
+            part = count_values(specs, {k: column_rows(v, rows) for k, v in columns.items()},
+                                weights=counts[rows])
+            # Values as pandas strings (Arrow memory), not one Python object each.
+            parts.append({k: c.set_axis(c.index.astype(str)) for k, c in part.items()})
+        out.update(rank_values(specs, add_counts(parts), min_count, max_text_tokens))
     return out
 
 
@@ -179,11 +192,12 @@ def write_streamed(data: StreamedDataset, labels: np.ndarray, include_implicit: 
                        rows=sizes, block_rows=block_rows)
 
 
-def _preprocess_slices(preprocess, columns, size=1 << 16):
+def _preprocess_slices(preprocess, columns, size=SLICE_ROWS):
     """`preprocess` over numpy columns a slice at a time (only one slice is ever a string tensor),
     the results joined: what `preprocess_columns` gives."""
     n = len(next(iter(columns.values())))
-    parts = [preprocess({k: tf.constant(v[start:start + size]) for k, v in columns.items()})
+    parts = [preprocess({k: tf.constant(column_rows(v, slice(start, start + size)))
+                         for k, v in columns.items()})
              for start in range(0, n, size)]
     return tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *parts)
 
