@@ -120,8 +120,11 @@ def parameter_server(data_dir, output_dir, cluster):
     servers = [tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=n,
                                     protocol="grpc", config=threads, start=True)
                for job in ("worker", "ps") for n in range(2)]
+    # Asynchronous steps vary with the workers' timing, so a run may have a poor last epoch:
+    # more epochs and early stopping (the best epoch's weights kept) make the outcome stable.
     config = tiny(data_dir, strategy="parameter_server", input_mode="streaming",
-                  min_shard_bytes=1024, backup_dir=os.path.join(output_dir, ".backup"))
+                  min_shard_bytes=1024, backup_dir=os.path.join(output_dir, ".backup"),
+                  epochs=8, early_stopping_patience=3)
     result, exported = train_and_export(config, output_dir, log=lambda message: None)
     del servers
     return {"metrics": result.metrics, "version": exported.version}
