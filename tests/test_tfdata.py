@@ -15,6 +15,7 @@ def passes(data, count):
 
 def test_each_pass_is_a_new_permutation_of_every_row_and_the_seed_fixes_the_sequence():
     first = passes(shuffled_batches(10, 4, seed=42), 3)
+    assert int(shuffled_batches(10, 4, seed=42).cardinality()) == 3     # Keras needs it
     for batches in first:
         assert [len(b) for b in batches] == [4, 4, 2]
         assert sorted(sum(batches, [])) == list(range(10))

@@ -77,7 +77,8 @@ def shuffled_batches(n, batch_size, seed):
         return tf.data.Dataset.range(0, n, batch_size).map(
             lambda start: order[start:start + batch_size])
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return keys.flat_map(batches)
+    return keys.flat_map(batches).apply(
+        tf.data.experimental.assert_cardinality(-(-n // batch_size)))
 
 
 def _rows(tensors):
