@@ -141,6 +141,17 @@ def test_retrieval_weight_zero_is_exactly_the_rating_loss(trained):
                                rtol=1e-5)
     # Validation (test_step) scores the rating loss alone.
     np.testing.assert_allclose(float(joint.losses_of(batch)[0]), float(mse), rtol=1e-6)
+    # Temperature tau and logQ strength alpha: logits <u, v> / tau - alpha log q.
+    tuned, _, _ = _history_model(trained, regularization=0.0, retrieval_weight=0.5,
+                                 retrieval_temperature=0.5, logq_strength=0.25)
+    probabilities = trainer.item_probabilities(
+        tuned.item_tower.vocabularies()["item_id"], columns["item_id"])[ids]
+    logits = user.numpy() @ item.numpy().T / 0.5 - 0.25 * np.log(probabilities)[None]
+    logits[(ids[:, None] == ids[None, :]) & ~np.eye(len(ids), dtype=bool)] = -np.inf
+    expected = np.mean(np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+                       + logits.max(1) - np.diag(logits))
+    np.testing.assert_allclose(float(tuned.retrieval_loss(user, item, batch["item"])), expected,
+                               rtol=1e-4)
 
 
 def test_sampling_probabilities_are_the_items_training_shares():

@@ -174,3 +174,37 @@ def test_implicit_ratings_are_excluded_unless_asked(tiny_data):
     keys = [set(zip(s["user_id"], s["item_id"])) for s in
             (explicit.train, explicit.validation, explicit.test)]
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+
+
+def test_refit_trains_on_training_and_validation_rows_for_the_chosen_epochs(trained, tmp_path):
+    import dataclasses
+
+    from tte_tfrs.errors import ConfigError
+    from tte_tfrs.evaluation.evaluate import EvaluationConfig, evaluate
+    from tte_tfrs.exports.writer import export
+    from tte_tfrs.training.trainer import rmse_mae
+    config = dataclasses.replace(trained.config, epochs=6, early_stopping_patience=2, refit=True,
+                                 verbose=0)
+    result = train(config, trained.dataset)
+    first = train(dataclasses.replace(config, refit=False), trained.dataset)
+    chosen = int(np.argmin(first.history["val_rmse"])) + 1
+    splits = result.splits
+    assert result.metrics["refit_epochs"] == chosen
+    assert result.metrics["refit_rows"] == len(splits.train) + len(splits.validation)
+    # The reported validation RMSE is the first model's (rows it did not train on) ...
+    assert result.metrics["validation_rmse"] == pytest.approx(first.metrics["validation_rmse"])
+    # ... the model (and its test RMSE) is the refitted one, which knows validation-only users.
+    test = join_features(splits.test, result.dataset)
+    assert result.metrics["test_rmse"] == pytest.approx(
+        rmse_mae(test["rating"], predict(result.model, test))[0], rel=1e-5)
+    assert result.metrics["test_rmse"] != pytest.approx(first.metrics["test_rmse"], rel=1e-6)
+    only_validation = set(splits.validation["user_id"].astype(str)) - \
+        set(splits.train["user_id"].astype(str))
+    vocabulary = set(result.model.user_tower.vocabularies()["user_id"])
+    assert only_validation and only_validation <= vocabulary
+    assert not only_validation & set(first.model.user_tower.vocabularies()["user_id"])
+    # Its validation rows are not held out any more: tte-evaluate refuses to score them.
+    out = export(result, str(tmp_path / "models"))
+    with pytest.raises(ConfigError, match="refitted") as caught:
+        evaluate(EvaluationConfig(output_dir=out.output_dir, split="validation"))
+    assert caught.value.field == "split"

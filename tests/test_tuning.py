@@ -11,14 +11,15 @@ from tte_tfrs.training import trainer
 def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained):
     # A poor first setting (a tiny step for one epoch), so the search has something to improve.
     config = tiny_config(trained.config.data_dir, epochs=1, tune_trials=2, verbose=0,
-                         learning_rate=0.02)
+                         learning_rate=0.02, early_stopping_patience=1, refit=True)
     result = trainer.train(config, trained.dataset)
     record = result.tuning
     trials = record["trials"]
     assert len(trials) == 2 and record["trials_budget"] == 2
     assert trials[0]["params"] == {"learning_rate": config.learning_rate,    # the given settings
                                    "regularization": config.regularization,
-                                   "embedding_dim": config.embedding_dim}
+                                   "embedding_dim": config.embedding_dim,
+                                   "user_history": config.user_history}
     scores = [t["validation_rmse"] for t in trials]
     assert scores[0] > min(scores)                               # a later trial won
     assert result.metrics["validation_rmse"] == pytest.approx(min(scores))
@@ -27,6 +28,9 @@ def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained)
     assert result.config.embedding_dim == best["embedding_dim"] == \
         result.model.user_tower.latent_dim
     assert result.config.learning_rate == best["learning_rate"]
+    # Only the chosen settings are refitted, on training + validation rows.
+    splits = result.splits
+    assert result.metrics["refit_rows"] == len(splits.train) + len(splits.validation)
     manifest = _manifest(result, 1, 10, 10, [])
     assert manifest["tuning"] == record and manifest["config"]["tune_trials"] == 2
 

@@ -15,7 +15,7 @@ import pandas as pd
 from tte_tfrs.data.dataset import Dataset
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.data.split import Splits, split_ratings
-from tte_tfrs.errors import DataError
+from tte_tfrs.errors import ConfigError, DataError
 from tte_tfrs.evaluation import metrics
 from tte_tfrs.retrieval.registry import BACKENDS
 from tte_tfrs.serving.recommender import Recommender
@@ -117,6 +117,10 @@ def evaluate(config: EvaluationConfig) -> dict:
     recommender = Recommender.load(config.output_dir, backend=config.backend)
     where = recommender.reader.path("manifest.json")
     train_config = TrainConfig.from_manifest(recommender.manifest, where)
+    if train_config.refit and config.split == "validation":
+        raise ConfigError(f"{where}: this model was refitted on the training and validation rows "
+                          "(refit), so its validation rows are not held out; evaluate the test "
+                          "rows (--split=test)", field="split")
     data_dir = config.data_dir if config.data_dir is not None else train_config.data_dir
     dataset = load_dataset(data_dir, config.dataset if config.data_dir is not None
                            else train_config.dataset)

@@ -38,7 +38,8 @@ class TwoTowerRatingModel(tfrs.Model):
     """
 
     def __init__(self, user_tower: Tower, item_tower: Tower, retrieval_weight: float = 0.0,
-                 item_probabilities: np.ndarray | None = None):
+                 item_probabilities: np.ndarray | None = None, retrieval_temperature: float = 1.0,
+                 logq_strength: float = 1.0):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
@@ -46,12 +47,14 @@ class TwoTowerRatingModel(tfrs.Model):
         if self.retrieval_weight:
             if item_probabilities is None:
                 raise ValueError("a retrieval weight needs the items' sampling probabilities")
-            # Each item id row's share of the training rows (row 0: unknown items).
-            self.item_probabilities = tf.constant(np.asarray(item_probabilities, np.float32))
+            # Each item id row's share of the training rows (row 0: unknown items), raised to the
+            # logQ strength alpha: the logits are lowered by alpha log q.
+            self.item_probabilities = tf.constant(
+                np.power(np.asarray(item_probabilities, np.float64), logq_strength), tf.float32)
             self.retrieval = tfrs.tasks.Retrieval(
                 loss=tf.keras.losses.CategoricalCrossentropy(
                     from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-                remove_accidental_hits=True)
+                remove_accidental_hits=True, temperature=float(retrieval_temperature))
         self.task = tfrs.tasks.Ranking(
             # Per-example losses: averaged by losses_of, as tf.distribute needs.
             loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE),

@@ -191,6 +191,11 @@ class ModelConfig(ConfigBase):
         the same dot product is added to the rating loss. Trades RMSE for top-K recall and
         catalogue coverage (README); 0 gives exactly the SRS rating loss. Single-process,
         in-memory training only.
+      retrieval_temperature: tau of the joint objective: its logits are the dot products
+        divided by tau (smaller: sharper, the top of each list weighs more).
+      logq_strength: alpha of the joint objective's sampling correction: the logits are lowered
+        by alpha times the log of each item's share of the training rows (1: the full logQ
+        correction, 0: none, which leaves popular items less favoured).
     """
 
     embedding_dim: int = 16
@@ -204,6 +209,8 @@ class ModelConfig(ConfigBase):
     history_size: int = 64
     ensemble_members: int = 1
     retrieval_weight: float = 0.0
+    retrieval_temperature: float = 1.0
+    logq_strength: float = 1.0
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "regularizer": REGULARIZERS, "regularization_scope": REGULARIZATION_SCOPES}
@@ -224,6 +231,10 @@ class ModelConfig(ConfigBase):
         yield "ensemble_members", self.ensemble_members == 1 or not self.hidden_units, \
             "must be 1 with hidden_units (an ensemble folds summed towers only)"
         yield "retrieval_weight", finite_number(self.retrieval_weight, 0), "must be a number >= 0"
+        yield "retrieval_temperature", finite_number(self.retrieval_temperature, 0) and \
+            self.retrieval_temperature > 0, "must be a number > 0"
+        yield "logq_strength", finite_number(self.logq_strength, 0) and \
+            self.logq_strength <= 1, "must be a number from 0 to 1"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -244,6 +255,12 @@ class TrainerConfig(ConfigBase):
       log_dir: TensorBoard logs go here; None disables them. (What an update continues from is
         the export's checkpoint/<version>/, written by `tte_tfrs.export`.)
       verbose: progress output: 0 silent, 1 a progress bar, 2 one line per stage and per epoch.
+      refit: after early stopping has chosen the number of epochs on the validation rows, train
+        a fresh model on the training and validation rows together for that many epochs and
+        export it (the peers that do not early-stop see those rows too). Reported validation
+        metrics stay those of the first model, measured on rows it did not train on; the test
+        metrics are the refitted model's. Costs a second training; in-memory single-process
+        training with early stopping only.
       tune_trials: tune learning_rate, regularization and embedding_dim on the validation rows
         with Optuna (`tte_tfrs.training.tuning`), trying at most this many settings (the first is
         the given one); the best is kept and the manifest records every trial. 0: no limit when
@@ -261,6 +278,7 @@ class TrainerConfig(ConfigBase):
     deterministic: bool = True
     log_dir: str | None = None
     verbose: int = 2
+    refit: bool = False
     tune_trials: int = 0
     tune_minutes: float = 0.0
 
@@ -276,6 +294,8 @@ class TrainerConfig(ConfigBase):
             "must be a whole number >= 0"
         yield "seed", whole_number(self.seed, 0) and self.seed < 2 ** 31, \
             "must be a whole number from 0 to 2**31 - 1"
+        yield "refit", not self.refit or self.early_stopping_patience > 0, \
+            "needs early stopping (early_stopping_patience > 0) to choose the epochs"
         yield "tune_trials", whole_number(self.tune_trials, 0), "must be a whole number >= 0"
         yield "tune_minutes", finite_number(self.tune_minutes, 0), "must be a number >= 0"
         yield "verbose", self.verbose in (0, 1, 2) and not isinstance(self.verbose, bool), \

@@ -64,7 +64,8 @@ def check_supported(config: TrainConfig, dataset: object = None) -> None:
     """Refuses settings this path does not train (rather than training something else).
 
     Raises:
-      ConfigError: ``user_history`` or ``retrieval_weight``, naming the flag that turns it off.
+      ConfigError: ``user_history``, tuning, an ensemble, ``refit`` or ``retrieval_weight``,
+        naming the flag that turns it off.
     """
     where = (f"strategy={config.strategy}" if config.strategy != distributed.NONE
              else "streamed input (input_mode=streaming, or auto above streaming_threshold_mb)")
@@ -81,6 +82,9 @@ def check_supported(config: TrainConfig, dataset: object = None) -> None:
         raise ConfigError(f"ensemble_members is not supported with {where}; set "
                           "--ensemble_members=1 or train in one process with input_mode=memory",
                           field="ensemble_members")
+    if config.refit:
+        raise ConfigError(f"refit is not supported with {where}; leave it out (--norefit) or "
+                          "train in one process with input_mode=memory", field="refit")
     if config.retrieval_weight:
         raise ConfigError(f"retrieval_weight is not supported with {where}; set "
                           "--retrieval_weight=0 or train in one process with input_mode=memory",

@@ -101,7 +101,8 @@ def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, glob
                               "(--retrieval_weight=0) for this training path",
                               field="retrieval_weight")
         probabilities = item_probabilities(vocabularies.get(name, []), train_columns[name])
-    return TwoTowerRatingModel(user_tower, item_tower, config.retrieval_weight, probabilities)
+    return TwoTowerRatingModel(user_tower, item_tower, config.retrieval_weight, probabilities,
+                               config.retrieval_temperature, config.logq_strength)
 
 
 def item_probabilities(vocabulary, item_ids) -> np.ndarray:
@@ -341,6 +342,35 @@ def evaluate_splits(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits
     return out
 
 
+def refit(config: TrainConfig, dataset: Dataset, splits: Splits, train_columns: dict,
+          validation_columns: dict, history: dict) -> tuple[TwoTowerRatingModel, dict]:
+    """``config.refit``: a fresh model trained on the training and validation rows together for
+    the number of epochs early stopping chose (the epoch of the lowest validation RMSE).
+
+    Returns:
+      (the refitted model, metrics: ``refit_epochs``, ``refit_rows``, ``refit_seconds`` and the
+      refitted model's test RMSE/MAE and baseline, which replace the first model's).
+    """
+    epochs = int(np.argmin(history["val_rmse"])) + 1
+    both = {name: np.concatenate([train_columns[name], validation_columns[name]])
+            for name in train_columns}
+    global_mean = float(np.mean(both[RATING]))
+    refit_config = dataclasses.replace(config, epochs=epochs, early_stopping_patience=0,
+                                       refit=False)
+    if config.verbose:
+        print(f"Refitting on {len(both[RATING]):,} training and validation ratings for {epochs} "
+              f"epochs ...", flush=True)
+    model = build_model(refit_config, dataset, both, global_mean,
+                        histories=histories_for(config, dataset, splits))
+    _, fit_metrics = fit(model, refit_config, both, validation_columns)
+    out = {"refit_epochs": epochs, "refit_rows": len(both[RATING]),
+           "refit_seconds": fit_metrics["train_seconds"]}
+    if len(splits.test):
+        scored = evaluate_splits(model, dataset, splits, validation_columns, global_mean)
+        out.update({k: v for k, v in scored.items() if not k.startswith("validation")})
+    return model, out
+
+
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> TrainResult:
     """Trains the two-tower rating model and measures it on the test split.
 
@@ -367,6 +397,10 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
                         histories=histories_for(config, dataset, splits))
     history, metrics = fit(model, config, train_columns, validation_columns)
     metrics.update(evaluate_splits(model, dataset, splits, validation_columns, global_mean))
+    if config.refit:
+        model, refit_metrics = refit(config, dataset, splits, train_columns, validation_columns,
+                                     history)
+        metrics.update(refit_metrics)
     if not all(np.isfinite(v) for v in metrics.values()):
         raise diverged(config, "the test metrics")
     return TrainResult(model=model, config=config, dataset=dataset, splits=splits, metrics=metrics,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from tte_tfrs.data.dataset import Dataset
+from tte_tfrs.data.dataset import Dataset, join_features
 from tte_tfrs.data.loader import load_dataset
 from tte_tfrs.training.config import TrainConfig
 
@@ -24,6 +24,9 @@ SPACE = {
     "learning_rate": ("log", 0.1, 1.0),
     "regularization": ("log", 0.03, 0.5),
     "embedding_dim": ("choice", (16, 32, 64)),
+    # The user-history feature helps on real interaction data (MovieLens, Book-Crossing) and
+    # hurts where who rates what carries no taste (BENCHMARKS.md): chosen per data set.
+    "user_history": ("choice", (False, True)),
 }
 
 
@@ -77,7 +80,9 @@ def tune(config: TrainConfig, dataset: Dataset | None = None, space: dict | None
 
     def objective(trial):
         values = _suggest(trial, space)
-        trial_config = dataclasses.replace(config, tune_trials=0, tune_minutes=0.0, **values)
+        # Trials are scored on validation; only the chosen one is refitted (below).
+        trial_config = dataclasses.replace(config, tune_trials=0, tune_minutes=0.0, refit=False,
+                                           **values)
         result = trainer.train(trial_config, dataset)
         score = result.metrics["validation_rmse"]
         if config.verbose:
@@ -91,6 +96,13 @@ def tune(config: TrainConfig, dataset: Dataset | None = None, space: dict | None
                    timeout=60.0 * config.tune_minutes if config.tune_minutes else None)
     result = best["result"]
     result.config = dataclasses.replace(config, **study.best_params)
+    if config.refit:
+        train_columns = join_features(result.splits.train, result.dataset)
+        validation_columns = join_features(result.splits.validation, result.dataset)
+        result.model, refit_metrics = trainer.refit(result.config, result.dataset, result.splits,
+                                                    train_columns, validation_columns,
+                                                    result.history)
+        result.metrics.update(refit_metrics)
     result.tuning = {
         "sampler": "optuna TPE", "objective": "validation_rmse",
         "trials_budget": config.tune_trials, "minutes_budget": config.tune_minutes,
