@@ -25,7 +25,8 @@ def make_training_dataset(preprocess, columns, batch_size, shuffle=False, seed=0
     """Runs `preprocess` once over all `columns`, then batches the (integer) result in memory.
 
     Each epoch then costs a gather per batch instead of the string work per batch. Shuffling
-    draws a fresh seeded permutation of the rows every epoch (the same sequence on every run).
+    draws a fresh seeded permutation of the rows every epoch (the same sequence on every run;
+    `shuffled_batches`).
 
     Args:
       preprocess: raw feature batch (dict of tensors) -> nested dict of tensors, e.g.
@@ -50,10 +51,8 @@ def batches_of(tensors, batch_size, shuffle=False, seed=0, part=None):
         `count` replicas that share each step (the slices together are the whole batch).
     """
     n = _rows(tensors)
-    rows = tf.data.Dataset.range(n)
-    if shuffle:
-        rows = rows.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    rows = rows.batch(batch_size)
+    rows = shuffled_batches(n, batch_size, seed) if shuffle else tf.data.Dataset.range(n).batch(
+        batch_size)
     if part is not None:
         index, count = part
         rows = rows.map(lambda batch: _slice(batch, index, count))
@@ -63,6 +62,23 @@ def batches_of(tensors, batch_size, shuffle=False, seed=0, part=None):
     options = tf.data.Options()
     options.deterministic = True
     return data.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def shuffled_batches(n, batch_size, seed):
+    """Row numbers 0..n-1 in batches, in a fresh seeded permutation on every pass (every epoch,
+    and every repetition under ``repeat``), the same sequence of permutations on every run.
+
+    Each pass draws its permutation in one op: a per-element ``shuffle`` of the row numbers cost
+    more than a training step of the default model.
+    """
+    def batches(key):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         seed=tf.stack([key, seed]))
+        return tf.data.Dataset.range(0, n, batch_size).map(
+            lambda start: order[start:start + batch_size])
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return keys.flat_map(batches).apply(
+        tf.data.experimental.assert_cardinality(-(-n // batch_size)))
 
 
 def _rows(tensors):

@@ -14,7 +14,7 @@ row for). A known user is served by id alone; a user the tower does not know has
 and, when the data has them, implicit interactions (Book-Crossing rating 0), but never a
 validation or test pair.
 
-May import: tte_tfrs.data.features.
+May import: tte_tfrs.data.features, tte_tfrs.model.bags.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tte_tfrs.data import features
+from tte_tfrs.model import bags
 
 HISTORY = "history"
 
@@ -136,12 +137,10 @@ class HistoryEncoder(tf.keras.layers.Layer):
         return self.keys(features.normalize_id(user_ids, self.key_spec.normalize))
 
     def rows(self, positions):
-        return [tf.ragged.map_flat_values(self.embedding, tf.gather(self.stored, positions))]
+        return [bags.lookup_bag(self.embedding, tf.gather(self.stored, positions), "sqrt")]
 
     def combine(self, rows):
-        total = tf.reduce_sum(rows[0], axis=1)
-        count = tf.cast(tf.maximum(rows[0].row_lengths(), 1), total.dtype)
-        return total * tf.math.rsqrt(count)[:, tf.newaxis]
+        return bags.bag_sum(rows[0])
 
     def call(self, user_ids):
         return self.combine(self.rows(self.preprocess(user_ids)))

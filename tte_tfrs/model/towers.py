@@ -18,7 +18,7 @@ differ in the last bits about one run in eight).
 A user tower may also hold the user-history feature (`tte_tfrs.model.history`): the items each
 training user interacted with, stored in the tower and looked up by user id.
 
-May import: tte_tfrs.data.features, tte_tfrs.model.history.
+May import: tte_tfrs.data.features, tte_tfrs.model.bags, tte_tfrs.model.history.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tte_tfrs.data import features
+from tte_tfrs.model import bags
 from tte_tfrs.model.history import HISTORY, HistoryEncoder, UserHistories
 
 USER = "user"
@@ -164,12 +165,10 @@ class TokenEncoder(tf.keras.layers.Layer):
         return self.lookup(self.tokenize(values))
 
     def rows(self, token_ids):
-        return [tf.ragged.map_flat_values(self.embedding, token_ids)]
+        return [bags.lookup_bag(self.embedding, token_ids, "mean")]
 
     def combine(self, rows):
-        total = tf.reduce_sum(rows[0], axis=1)
-        count = tf.cast(tf.maximum(rows[0].row_lengths(), 1), total.dtype)
-        return total / count[:, tf.newaxis]
+        return bags.bag_sum(rows[0])
 
     def call(self, values):
         return self.combine(self.rows(self.preprocess(values)))
@@ -345,6 +344,8 @@ class Tower(tf.keras.Model):
         return self._combine(parts), penalty
 
     def _row_penalty(self, rows):
+        if isinstance(rows, bags.Bag):
+            return bags.bag_penalty(rows, self.row_regularizer)
         values = rows.flat_values if isinstance(rows, tf.RaggedTensor) else rows
         count = tf.cast(tf.maximum(tf.shape(values)[0], 1), values.dtype)
         return self.row_regularizer(values) / count

@@ -29,6 +29,9 @@ from tte_tfrs.training import checkpoint
 from tte_tfrs.training.config import TrainConfig
 
 PREDICT_BATCH = 8192
+# Training steps per call of the compiled step function: the same steps, fewer trips through
+# Keras' Python loop (a quarter of a default step's time with full feature towers).
+STEPS_PER_EXECUTION = 8
 
 
 @dataclasses.dataclass
@@ -272,7 +275,7 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
       (training rows over the median time of the training steps of an epoch, validation pass
       excluded, over the epochs after the first, which also traces the step function)).
     """
-    model.compile(optimizer=make_optimizer(config))
+    model.compile(optimizer=make_optimizer(config), steps_per_execution=STEPS_PER_EXECUTION)
     if optimizer_state:
         checkpoint.restore_optimizer(model, optimizer_state)
     timer, callbacks = make_callbacks(config)
