@@ -175,10 +175,10 @@ def test_parameter_servers_shard_tables_train_and_export_plain_savedmodels(clust
     metrics = cluster_run.results()["parameter_server"]["metrics"]
     assert metrics["strategy"] == "parameter_server" and metrics["input"] == "streaming"
     assert metrics["sharded_tables"]["item/item_id_embedding/embeddings"] == 2
-    # Asynchronous steps: the outcome depends on the workers' timing. On this loaded 2-core machine
-    # 2 runs in 6 ended at validation RMSE 1.665 against 1.43 in one process (the others within
-    # 0.05), so the test asks only that the cluster learned well beyond the global mean.
-    assert metrics["test_rmse"] < 0.95 * metrics["baseline_rmse"]
+    # Asynchronous steps: the outcome depends on the workers' timing (tests/cluster_runs.py uses
+    # a smaller step for that reason; loaded-machine runs ended at 1.32 against a global mean of
+    # 1.80, one process at step 0.5 at about 1.25), so the bound leaves room for timing.
+    assert metrics["test_rmse"] < 0.8 * metrics["baseline_rmse"]
     assert layout(models) == layout(exported.output_dir)
     # The SavedModels hold no trace of the cluster: plain TensorFlow loads and runs them here.
     serve = tf.saved_model.load(os.path.join(models, "scorer", "1")).signatures["serving_default"]

@@ -28,7 +28,7 @@ ANN = [name for name in installed_backends() if name not in ("exact", "milvus")]
 BUILD = {"faiss-ivfpq": {"nlist": 64, "nbits": 6}, "faiss-hnsw": {}, "scann": {"num_leaves": 60}}
 # Every cell / leaf / a beam as large as the catalogue, and enough candidates for PQ's estimates.
 EXHAUSTIVE = {"faiss-ivfpq": ({"nprobe": 64}, 30), "faiss-hnsw": ({"ef_search": 2000}, 10),
-              "scann": ({"leaves_to_search": 60, "pre_reorder_num_neighbors": 1000}, 10)}
+              "scann": ({"leaves_to_search": 60, "pre_reorder_num_neighbors": N_ITEMS}, 10)}
 
 
 def rating_like_embeddings(seed=0):
