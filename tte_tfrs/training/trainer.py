@@ -332,13 +332,21 @@ def evaluate_splits(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits
     out = {}
     out["validation_rmse"], out["validation_mae"] = rmse_mae(
         validation_columns[RATING], predict(model, validation_columns))
-    if len(splits.test):
-        if test_columns is None:
-            test_columns = join_features(splits.test, dataset)
-        out["test_rmse"], out["test_mae"] = rmse_mae(test_columns[RATING],
-                                                     predict(model, test_columns))
-        out["baseline_rmse"], out["baseline_mae"] = rmse_mae(
-            test_columns[RATING], np.full(len(splits.test), global_mean))
+    out.update(score_test_rows(model, dataset, splits, global_mean, test_columns))
+    return out
+
+
+def score_test_rows(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits, global_mean: float,
+                 test_columns: dict | None = None) -> dict[str, float]:
+    """Test RMSE/MAE and the global-mean baseline's ({} without a test split)."""
+    if not len(splits.test):
+        return {}
+    if test_columns is None:
+        test_columns = join_features(splits.test, dataset)
+    out = {}
+    out["test_rmse"], out["test_mae"] = rmse_mae(test_columns[RATING], predict(model, test_columns))
+    out["baseline_rmse"], out["baseline_mae"] = rmse_mae(
+        test_columns[RATING], np.full(len(splits.test), global_mean))
     return out
 
 
@@ -365,9 +373,7 @@ def refit(config: TrainConfig, dataset: Dataset, splits: Splits, train_columns: 
     _, fit_metrics = fit(model, refit_config, both, validation_columns)
     out = {"refit_epochs": epochs, "refit_rows": len(both[RATING]),
            "refit_seconds": fit_metrics["train_seconds"]}
-    if len(splits.test):
-        scored = evaluate_splits(model, dataset, splits, validation_columns, global_mean)
-        out.update({k: v for k, v in scored.items() if not k.startswith("validation")})
+    out.update(score_test_rows(model, dataset, splits, global_mean))
     return model, out
 
 
