@@ -13,6 +13,7 @@ from tte_tfrs.data.dataset import join_features
 from tte_tfrs.exports.layout import MODELS
 from tte_tfrs.exports.lifecycle import live_versions as existing_versions
 from tte_tfrs.exports.writer import export
+from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training.trainer import predict
 
 CLEAN_LOADER = r"""
@@ -196,3 +197,57 @@ def test_reader_refuses_an_export_of_a_newer_format(exported, tmp_path):
     json.dump(manifest, open(path, "w"))
     with pytest.raises(ExportError, match="format 99 was written by a newer tte_tfrs"):
         ExportReader(root)
+
+
+def graph_string_constants(saved_model_dir):
+    """Sizes of the string constants of a SavedModel's graph and functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    nodes = [node for meta in proto.meta_graphs for node in meta.graph_def.node]
+    nodes += [node for meta in proto.meta_graphs for function in meta.graph_def.library.function
+              for node in function.node_def]
+    return [len(node.attr["value"].tensor.string_val) for node in nodes if node.op == "Const"]
+
+
+def trained_vocabularies(trained):
+    """The vocabularies of the training rows, computed again (not read from the model)."""
+    specs = trained.dataset.user_features + trained.dataset.item_features
+    return build_vocabularies(specs, join_features(trained.splits.train, trained.dataset),
+                              trained.config.min_count, trained.config.max_text_tokens)
+
+
+def test_vocabularies_are_assets_of_each_saved_model_not_graph_constants(exported, trained):
+    root = exported.output_dir
+    saved = json.load(open(os.path.join(root, "checkpoint", "1", "vocabularies.json"),
+                           encoding="utf-8"))
+    towers = {"user": trained.model.user_tower, "item": trained.model.item_tower}
+    assert saved == trained_vocabularies(trained)
+    for name, sides in (("user_tower", ["user"]), ("item_tower", ["item"]),
+                        ("scorer", ["user", "item"]), ("retrieval", ["user"])):
+        folder = os.path.join(root, name, "1")
+        files = {f"{side}.{key.replace('/', '_')}.txt": key for side in sides
+                 for key, values in towers[side].vocabularies().items() if values}
+        assert sorted(os.listdir(os.path.join(folder, "assets"))) == sorted(files)
+        for file, key in files.items():       # line n is row n + 1 of the key's table
+            with open(os.path.join(folder, "assets", file), encoding="utf-8", newline="\n") as f:
+                assert f.read() == "".join(f"{value}\n" for value in saved[key])
+        assert max(graph_string_constants(folder)) < 50      # no vocabulary inside the graph
+
+
+def test_the_exported_user_tower_maps_each_known_id_to_its_own_row(exported, trained):
+    tower = trained.model.user_tower
+    vocabulary = trained_vocabularies(trained)["user_id"]
+    table = tower.tables()["user_id"][1].embeddings.numpy()
+    serve = tf.saved_model.load(os.path.join(exported.output_dir, "user_tower", "1")) \
+        .signatures["serving_default"]
+    rows = [1, 6, len(vocabulary)]
+    ids = [vocabulary[row - 1] for row in rows] + ["no such user"]
+    out = serve(user_id=tf.constant(ids), location=tf.constant([""] * 4),
+                age=tf.constant([float("nan")] * 4))["embedding"].numpy()
+    k = trained.config.embedding_dim
+    # The users differ only in their id, so their embeddings differ by their id rows (latent
+    # dimensions and bias) from the unknown row 0's.
+    np.testing.assert_allclose(out[:3, :k + 1] - out[3, :k + 1], table[rows] - table[0],
+                               rtol=1e-5, atol=1e-6)

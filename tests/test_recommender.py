@@ -180,3 +180,13 @@ def test_one_id_normalisation_for_every_lookup(recommender):
         recommender.recommend(f"{user}\x00", k=5)
     with pytest.raises(RecommendationError, match="longer than 64 characters"):
         recommender.recommend("9" * 65, {"age": 30}, k=5)
+
+
+def test_sorted_ids_find_every_position_without_a_dict():
+    import pyarrow as pa
+
+    from tte_tfrs.serving.recommender import SortedIds
+    values = ["b", "é", "a", "10", "9", "ab", "Z"]
+    found = SortedIds(pa.array(values, pa.large_string()))
+    assert [found.find(v) for v in values] == list(range(len(values)))
+    assert [found.find(v) for v in ("c", "", "1", "é ", "aa")] == [None] * 5

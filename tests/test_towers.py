@@ -155,3 +155,19 @@ def test_an_empty_vocabulary_maps_everything_to_the_unknown_row():
     out = tower({"user_id": tf.constant(["1", "2"]), "location": tf.constant(["a, b, c", ""])})
     assert out.shape == (2, 6)
     assert tower.vocabularies()["location/country"] == []
+
+
+def test_a_vocabulary_a_file_cannot_hold_stays_in_memory_with_the_same_rows(tmp_path):
+    from tte_tfrs.model.towers import make_lookup, write_vocabulary_file
+    values = ["b", "a", "Ünï cödé"]
+    path = str(tmp_path / "v.txt")
+    assert write_vocabulary_file(values, path)
+    from_file = make_lookup(values, "ok", str(tmp_path / "ok.txt"))
+    assert from_file.input_vocabulary == str(tmp_path / "ok.txt")
+    broken = ["b", "a\nc", "d\r"]
+    for values_a_file_cannot_hold in (["b", "a\nc"], ["b", "d\r"], ["b", "\ud800"]):
+        assert not write_vocabulary_file(values_a_file_cannot_hold, str(tmp_path / "broken.txt"))
+    in_memory = make_lookup(broken, "broken", str(tmp_path / "broken.txt"))
+    assert not (tmp_path / "broken.txt").exists()
+    assert from_file(tf.constant(values + ["x"])).numpy().tolist() == [1, 2, 3, 0]
+    assert in_memory(tf.constant(broken + ["a"])).numpy().tolist() == [1, 2, 3, 0]

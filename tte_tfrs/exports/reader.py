@@ -253,7 +253,8 @@ class RatedItems:
     ``rows[offsets[u]:offsets[u + 1]]``.
 
     Attributes:
-      user_ids: sorted user ids (str array), in canonical form.
+      user_ids: sorted user ids (a numpy str array: fixed width, no Python string per id), in
+        canonical form.
       offsets: int64 [users + 1], non-decreasing, from 0 to len(rows).
       rows: int64 catalogue rows.
     """
@@ -262,15 +263,12 @@ class RatedItems:
     offsets: np.ndarray
     rows: np.ndarray
 
-    @functools.cached_property
-    def _position(self) -> dict[str, int]:
-        return {str(u): n for n, u in enumerate(self.user_ids)}
-
     def of(self, user_id: Any) -> np.ndarray:
         """Catalogue rows of `user_id` (any spelling `tte_tfrs.ids.canonical_id` accepts; empty for
-        users without interactions)."""
-        position = self._position.get(ids.canonical_id(user_id))
-        if position is None:
+        users without interactions), found by binary search over the sorted ids."""
+        key = ids.canonical_id(user_id)
+        position = int(np.searchsorted(self.user_ids, key)) if key is not None else 0
+        if key is None or position >= len(self.user_ids) or self.user_ids[position] != key:
             return np.zeros(0, np.int64)
         return self.rows[self.offsets[position]:self.offsets[position + 1]]
 
@@ -509,14 +507,15 @@ class ExportReader:
             problems.append("user_ids must be sorted and unique")
         if problems:
             raise ExportError(f"{path}: damaged: {problems[0]}; re-export the model")
-        _check_ids(user_ids.tolist(), path, "user id", sorted_unique=False)
-        return RatedItems(user_ids.astype(object), offsets.astype(np.int64), rows.astype(np.int64))
+        _check_ids(user_ids, path, "user id", sorted_unique=False)    # one id at a time
+        return RatedItems(user_ids, offsets.astype(np.int64), rows.astype(np.int64))
 
     def interactions(self) -> pd.DataFrame:
         """The (user_id, item_id) pairs the version knows, as a DataFrame."""
         rated = self.rated
         item_ids = self.item_table.ids
-        return pd.DataFrame({"user_id": np.repeat(rated.user_ids, np.diff(rated.offsets)),
+        return pd.DataFrame({"user_id": np.repeat(rated.user_ids.astype(object),
+                                                  np.diff(rated.offsets)),
                              "item_id": item_ids[rated.rows] if len(item_ids) else []})
 
     def checkpoint(self) -> Checkpoint:

@@ -23,6 +23,10 @@ May import: tte_tfrs.data.features, tte_tfrs.model.bags, tte_tfrs.model.history.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -68,18 +72,53 @@ class UnknownOnlyLookup(tf.keras.layers.Layer):
 
 
 def _vocabulary_of(lookup):
-    """A lookup's values in row order, the unknown slot left out: the vocabulary it was built with
-    (its table is static), else read back from the table (which builds an index -> value dict)."""
+    """A lookup's values in row order, the unknown slot left out: its vocabulary file's lines, or
+    the vocabulary it was built with (its table is static), else read back from the table (which
+    builds an index -> value dict)."""
     given = getattr(lookup, "input_vocabulary", None)
+    if isinstance(given, str):
+        return list(read_vocabulary_file(given))
     if isinstance(given, np.ndarray) and len(given) + 1 == lookup.vocabulary_size():
         return [str(v) for v in given]
     return [str(v) for v in lookup.get_vocabulary()[1:]]
 
 
-def make_lookup(vocabulary, name):
-    """A string lookup with one out-of-vocabulary slot (row 0) and the vocabulary after it."""
+def read_vocabulary_file(path):
+    """The values of a vocabulary file (`write_vocabulary_file`), one at a time, in row order."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line[:-1]
+
+
+def write_vocabulary_file(vocabulary, path):
+    """Writes `vocabulary` one value a line (UTF-8, ``\\n`` line ends), the file Keras'
+    `StringLookup(vocabulary=path)` reads: line n is row n + 1. Returns False, writing nothing,
+    when a value cannot be a line of that file (a line break, or text that is not valid Unicode):
+    such a vocabulary stays in memory."""
+    try:
+        data = "".join(f"{value}\n" for value in vocabulary).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    if data.count(b"\n") != len(vocabulary) or b"\r" in data:
+        return False
+    with open(path, "wb") as f:
+        f.write(data)
+    return True
+
+
+def make_lookup(vocabulary, name, path=None):
+    """A string lookup with one out-of-vocabulary slot (row 0) and the vocabulary after it.
+
+    With a `path`, the vocabulary is written there as a file and the lookup's table is filled
+    from it in C++: the lookup holds no Python strings, and a SavedModel of it keeps the file as
+    an asset (``assets/<file name>``) instead of a string constant in its graph (a fraction of
+    the memory to save and to load)."""
     if not len(vocabulary):
         return UnknownOnlyLookup(name=name)
+    if path is not None:
+        if write_vocabulary_file(vocabulary, path):
+            return tf.keras.layers.StringLookup(vocabulary=path, num_oov_indices=1,
+                                                mask_token=None, name=name)
     return tf.keras.layers.StringLookup(vocabulary=_as_array(vocabulary), num_oov_indices=1,
                                         mask_token=None, name=name)
 
@@ -97,14 +136,15 @@ class LookupEncoder(tf.keras.layers.Layer):
     `combine` (rows -> one (k + 1)-vector per example).
     """
 
-    def __init__(self, spec, vocabularies, width, regularization, seed, **kwargs):
+    def __init__(self, spec, vocabularies, width, regularization, seed, files=None, **kwargs):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
         self.spec = spec
         self.lookups = {}
         self.embeddings = {}
         for key, vocabulary in sorted(vocabularies.items()):
             safe = key.replace("/", "_")
-            self.lookups[key] = make_lookup(vocabulary, f"{safe}_lookup")
+            self.lookups[key] = make_lookup(vocabulary, f"{safe}_lookup",
+                                            None if files is None else f"{files}{safe}.txt")
             self.embeddings[key] = tf.keras.layers.Embedding(
                 len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, key),
                 **regularization, name=f"{safe}_embedding")
@@ -152,11 +192,12 @@ class NumberEncoder(tf.keras.layers.Layer):
 class TokenEncoder(tf.keras.layers.Layer):
     """Text and tags: the mean embedding of the words (or labels); no words gives zeros."""
 
-    def __init__(self, spec, vocabulary, width, regularization, seed, **kwargs):
+    def __init__(self, spec, vocabulary, width, regularization, seed, files=None, **kwargs):
         super().__init__(name=f"{spec.name}_encoder", **kwargs)
         self.spec = spec
         self.tokenize = features.text_tokens if spec.kind == "text" else features.tag_tokens
-        self.lookup = make_lookup(vocabulary, f"{spec.name}_lookup")
+        self.lookup = make_lookup(vocabulary, f"{spec.name}_lookup",
+                                  None if files is None else f"{files}{spec.name}.txt")
         self.embedding = tf.keras.layers.Embedding(
             len(vocabulary) + 1, width, embeddings_initializer=_initializer(seed, spec.name),
             **regularization, name=f"{spec.name}_embedding")
@@ -174,15 +215,17 @@ class TokenEncoder(tf.keras.layers.Layer):
         return self.combine(self.rows(self.preprocess(values)))
 
 
-def make_encoder(spec, vocabularies, width, regularization, seed):
+def make_encoder(spec, vocabularies, width, regularization, seed, files=None):
+    """The encoder of `spec`; `files`, when given, is the path prefix of its vocabulary files."""
     if spec.kind == "number":
         return NumberEncoder(spec, width, regularization, seed)
     if spec.kind in ("text", "tags"):
-        return TokenEncoder(spec, vocabularies.get(spec.name, []), width, regularization, seed)
+        return TokenEncoder(spec, vocabularies.get(spec.name, []), width, regularization, seed,
+                            files)
     keys = [spec.name] if spec.kind != "location" else [f"{spec.name}/country",
                                                          f"{spec.name}/state"]
     return LookupEncoder(spec, {k: vocabularies.get(k, []) for k in keys}, width, regularization,
-                         seed)
+                         seed, files)
 
 
 class Tower(tf.keras.Model):
@@ -208,6 +251,10 @@ class Tower(tf.keras.Model):
         ``[latent_1, ..., latent_M, 1, mean_m(b_i,m)]``, whose dot product is the mean of the
         members' predicted ratings; `members_with_penalty` gives each member's own embedding
         ``[B, M, k + 2]`` for training. Not with hidden_units.
+      vocabulary_files: keep each vocabulary in a file (``<side>.<name>.txt`` in a temporary
+        folder the tower deletes when it goes) that its lookup reads: no Python string per value
+        in memory, and SavedModels keep the files as assets. Leave it off for towers built under
+        a `tf.distribute` strategy, whose workers need not share this machine's files.
     """
 
     def __init__(self, specs: Sequence[features.FeatureSpec],
@@ -215,7 +262,7 @@ class Tower(tf.keras.Model):
                  regularizer: tf.keras.regularizers.Regularizer | None = None,
                  hidden_units: Sequence[int] = (), global_mean: float = 0.0, seed: int = 0,
                  regularization_scope: str = "table", histories: UserHistories | None = None,
-                 members: int = 1, **kwargs: Any):
+                 members: int = 1, vocabulary_files: bool = False, **kwargs: Any):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
             raise ValueError(f"side must be {USER!r} or {ITEM!r}, got {side!r}")
@@ -232,8 +279,13 @@ class Tower(tf.keras.Model):
         # Batch scope: J of the looked-up rows, computed by embed_with_penalty (training only).
         self.row_regularizer = regularizer if regularization_scope == "batch" else None
         regularization = {"embeddings_regularizer": regularizer} if regularization_scope == "table" else {}
+        files = None
+        if vocabulary_files:
+            folder = tempfile.mkdtemp(prefix=f"tte-vocabularies-{side}-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            files = os.path.join(folder, f"{side}.")
         self.encoders = [make_encoder(spec, vocabularies, width, regularization,
-                                      seed + 7919 * (side == ITEM)) for spec in self.specs]
+                                      seed + 7919 * (side == ITEM), files) for spec in self.specs]
         # (feature name, raw input name) of each encoder, in order.
         self.feature_inputs = [(spec.name, spec.name) for spec in self.specs]
         if histories is not None:
@@ -276,6 +328,14 @@ class Tower(tf.keras.Model):
     def vocabularies(self):
         """{vocabulary name: values in row order}; row 0 of each table is the unknown slot."""
         return {key: _vocabulary_of(lookup) for key, (lookup, _) in self.tables().items()}
+
+    def iter_vocabularies(self):
+        """(vocabulary name, its values in row order) of each table, as `vocabularies`, but a
+        vocabulary kept in a file is read a value at a time (never a list)."""
+        for key, (lookup, _) in self.tables().items():
+            path = getattr(lookup, "input_vocabulary", None)
+            yield key, (read_vocabulary_file(path) if isinstance(path, str)
+                        else _vocabulary_of(lookup))
 
     def weight_key(self, variable):
         """``side/layer/variable``: a name for `variable` that depends neither on the enclosing

@@ -5,14 +5,17 @@ May import: tte_tfrs.exports (the reader), tte_tfrs.retrieval.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 
 from tte_tfrs import ids
@@ -74,6 +77,38 @@ def normalize_user_id(user_id: Any) -> str | None:
     return canonical
 
 
+def arrow_strings(column: pd.Series) -> pa.Array:
+    """A pandas string column as one Arrow string array (zero-copy for pandas' Arrow strings):
+    a few bytes a value where a numpy object array holds a Python string per value."""
+    array = pa.array(column.array, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.cast(pa.large_string())
+
+
+class SortedIds:
+    """Positions of the ids of an Arrow string array, found by binary search over their sorted
+    order: an int64 permutation instead of a dict of Python strings (about 15 times less memory
+    for millions of users, a few microseconds a search)."""
+
+    def __init__(self, values: pa.Array):
+        self._values = values
+        self._order = pc.sort_indices(values).to_numpy()      # UTF-8 byte order = str order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, rank: int) -> str:
+        return self._values[int(self._order[rank])].as_py()
+
+    def find(self, key: str) -> int | None:
+        """The position of `key` in the array, or None."""
+        rank = bisect.bisect_left(self, key)
+        if rank < len(self) and self[rank] == key:
+            return int(self._order[rank])
+        return None
+
+
 class Recommender:
     """Answers recommendation requests for one exported version.
 
@@ -89,13 +124,15 @@ class Recommender:
         self.version: int = reader.version
         self._user_tower = user_tower
         self.index = index
-        self._titles = reader.item_table.titles
+        items = reader.item_table.items
+        self._titles = arrow_strings(items["title"]) if "title" in items else None
         self._specs = reader.user_inputs()
         users = reader.users
-        # Known users' stored features as plain arrays and an id -> row map: one request reads
-        # one row without building a pandas Series (which costs about a millisecond).
-        self._user_row = {str(u): n for n, u in enumerate(users["user_id"])}
-        self._user_columns = {name: users[name].to_numpy(dtype=object) for name in users.columns}
+        # Known users' stored features as Arrow columns and a sorted-id search, no Python string
+        # per user: one request reads one row without building a pandas Series (which costs
+        # about a millisecond).
+        self._user_columns = {name: arrow_strings(users[name]) for name in users.columns}
+        self._user_ids = SortedIds(self._user_columns["user_id"])
         self._rated: RatedItems = reader.rated
 
     @classmethod
@@ -139,7 +176,7 @@ class Recommender:
 
     def has_user(self, user_id: Any) -> bool:
         """Whether `user_id` is one of the export's known users (with stored features)."""
-        return normalize_user_id(user_id) in self._user_row
+        return self._user_ids.find(normalize_user_id(user_id)) is not None
 
     @property
     def catalogue_size(self) -> int:
@@ -160,9 +197,10 @@ class Recommender:
         row = {}
         if user_id is not None:
             user_id = normalize_user_id(user_id)
-            position = self._user_row.get(user_id)
+            position = self._user_ids.find(user_id)
             if position is not None:
-                row = {name: column[position] for name, column in self._user_columns.items()}
+                row = {name: column[position].as_py()
+                       for name, column in self._user_columns.items()}
             elif len(features) == 0:
                 raise RecommendationError(
                     f"unknown user id {user_id!r}: not in this export's users. Give the user's "
@@ -191,7 +229,13 @@ class Recommender:
 
     def has_item(self, item_id: Any) -> bool:
         """Whether `item_id` is in this version's catalogue."""
-        return str(item_id) in self._item_rows
+        return self._item_row(str(item_id)) >= 0
+
+    def _item_row(self, item_id: str) -> int:
+        """The catalogue row of `item_id` (rows are sorted by id: a binary search), or -1."""
+        ids = self.index.ids
+        row = int(np.searchsorted(ids, item_id))
+        return row if row < len(ids) and ids[row] == item_id else -1
 
     def item_rows(self, item_ids: Sequence[Any]) -> np.ndarray:
         """Catalogue rows of `item_ids`, in their order.
@@ -199,17 +243,13 @@ class Recommender:
         Raises:
           RecommendationError: an id that is not in the catalogue.
         """
-        rows = [self._item_rows.get(str(item_id), -1) for item_id in item_ids]
+        rows = [self._item_row(str(item_id)) for item_id in item_ids]
         unknown = [str(i) for i, row in zip(item_ids, rows) if row < 0]
         if unknown:
             shown = ", ".join(repr(i) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise RecommendationError(f"{len(unknown)} unknown item id(s): {shown}; not in this "
                                       f"version's catalogue of {self.catalogue_size} items")
         return np.asarray(rows, dtype=np.int64)
-
-    @functools.cached_property
-    def _item_rows(self) -> dict[str, int]:
-        return {str(item_id): row for row, item_id in enumerate(self.index.ids)}
 
     def embed_queries(self, queries: Sequence[UserQuery]) -> np.ndarray:
         """User embeddings float32 [len(queries), dim]: one user tower call."""
@@ -286,7 +326,7 @@ class Recommender:
         for query_scores, query_rows in zip(scores, rows):
             valid = query_rows >= 0                    # lists: no numpy scalar per item
             results.append([Recommendation(rank=n + 1, item_id=str(ids[row]), score=score,
-                                           title=str(titles[row]))
+                                           title=titles[row].as_py() if titles is not None else "")
                             for n, (score, row) in enumerate(zip(query_scores[valid].tolist(),
                                                                  query_rows[valid].tolist()))])
         return results

@@ -35,6 +35,29 @@ def model_weights(model):
             for tower in (model.user_tower, model.item_tower) for v in tower.weights}
 
 
+def _model_variables(model):
+    """{weight key: variable} of both towers (`np.savez` copies one at a time to numpy)."""
+    return {tower.weight_key(v): v
+            for tower in (model.user_tower, model.item_tower) for v in tower.weights}
+
+
+def _write_vocabularies(model, path):
+    """`model_vocabularies` as JSON, the same text `json.dump` gives, one value at a time: a
+    vocabulary kept in a file is never a Python list."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{")
+        for n, (key, values) in enumerate(
+                (key, values) for tower in (model.user_tower, model.item_tower)
+                for key, values in tower.iter_vocabularies()):
+            f.write(", " if n else "")
+            f.write(json.dumps(key, ensure_ascii=False) + ": [")
+            for m, value in enumerate(values):
+                f.write(", " if m else "")
+                f.write(json.dumps(value, ensure_ascii=False))
+            f.write("]")
+        f.write("}")
+
+
 def _keyed_trainables(model):
     keys = {id(v): tower.weight_key(v)
             for tower in (model.user_tower, model.item_tower) for v in tower.weights}
@@ -67,10 +90,10 @@ def _accumulators(model):
 def save_state(model, folder):
     """Writes the model's checkpoint into `folder`; returns the file names written."""
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, VOCABULARIES_FILE), "w", encoding="utf-8") as f:
-        json.dump(model_vocabularies(model), f, ensure_ascii=False)
-    np.savez(os.path.join(folder, WEIGHTS_FILE), **model_weights(model))
-    accumulators = {key: slot.numpy() for key, _, slot in _accumulators(model)}
+    _write_vocabularies(model, os.path.join(folder, VOCABULARIES_FILE))
+    # Variables, not arrays: np.savez turns one at a time into numpy as it writes it.
+    np.savez(os.path.join(folder, WEIGHTS_FILE), **_model_variables(model))
+    accumulators = {key: slot for key, _, slot in _accumulators(model)}
     if not accumulators:
         return list(FILES)
     np.savez(os.path.join(folder, OPTIMIZER_FILE), **accumulators)

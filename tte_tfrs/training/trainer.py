@@ -86,8 +86,10 @@ def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, glob
                           "path has none: set user_history=False (--nouser_history)",
                           field="user_history")
     regularizer = make_regularizer(config.regularizer, config.regularization)
+    # Vocabularies in files (SavedModel assets) unless a strategy's workers build the towers.
     common = dict(seed=config.seed, regularization_scope=config.regularization_scope,
-                  members=config.ensemble_members)
+                  members=config.ensemble_members,
+                  vocabulary_files=not tf.distribute.has_strategy())
     user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
                        config.hidden_units, global_mean=global_mean,
                        histories=histories if config.user_history else None, **common)
