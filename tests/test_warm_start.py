@@ -255,3 +255,21 @@ def test_one_policy_for_out_of_scale_rows_and_ratings_only_updates_take_the_pare
     check_update(loaded, adopted)
     assert [s.name for s in adopted.item_features] == [s.name for s in new.item_features]
     assert len(adopted.items) == len(loaded.items) and "title" in adopted.items
+
+
+def test_variables_are_saved_a_slice_at_a_time_as_np_savez_saves_them(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from tte_tfrs.training import checkpoint
+    monkeypatch.setattr(checkpoint, "SLICE_BYTES", 64)         # 3 rows of 5 floats a slice
+    values = {"user/table/embeddings": np.arange(50, dtype=np.float32).reshape(10, 5) / 7,
+              "user/global_mean": np.float32(3.5), "item/empty": np.zeros((0, 5), np.float32),
+              "item/kernel": np.ones((2, 3, 4), np.float32)}
+    checkpoint.save_variables(str(tmp_path / "w.npz"), {k: tf.Variable(v) for k, v in
+                                                         values.items()})
+    np.savez(tmp_path / "expected.npz", **values)
+    with np.load(tmp_path / "w.npz") as saved, np.load(tmp_path / "expected.npz") as expected:
+        assert saved.files == expected.files
+        for key in expected.files:
+            assert saved[key].dtype == expected[key].dtype
+            np.testing.assert_array_equal(saved[key], expected[key])

@@ -144,22 +144,31 @@ class StreamedDataset:
         row_of_code = pc.index_in(_arrow(self.item_codes), value_set=_arrow(item_ids))
         row_of_code = row_of_code.fill_null(-1).to_numpy().astype(np.int64)
         # One int64 key per rating, (user rank, catalogue row), sorted in place: the order of
-        # np.lexsort((rows, users)) with a third of its memory.
+        # np.lexsort((rows, users)) with a third of its memory. The keys go straight into one
+        # array (pages past the last key are never touched, so never resident).
         n_rows = max(1, len(item_ids))
-        keys = []
+        keys = np.empty(max(1, self.totals["ratings"]), np.int64)
+        count = 0
         for frame in self.iter_ratings(codes=True):
             item_rows = row_of_code[frame["item_code"].to_numpy()]
             known = item_rows >= 0
-            keys.append(rank[frame["user_code"].to_numpy()[known]] * n_rows + item_rows[known])
-        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+            part = rank[frame["user_code"].to_numpy()[known]] * n_rows + item_rows[known]
+            if count + len(part) > len(keys):
+                keys = np.concatenate([keys[:count], np.empty(count + len(part), np.int64)])
+            keys[count:count + len(part)] = part
+            count += len(part)
+        keys = keys[:count]
         keys.sort()
-        users = keys // n_rows
-        starts = np.flatnonzero(np.diff(users, prepend=-1))
-        present = users[starts]
-        del users
+        # Where each user rank's keys start (a binary search per rank, no array per key).
+        bounds = np.searchsorted(keys, np.arange(len(codes) + 1, dtype=np.int64) * n_rows)
+        present = np.flatnonzero(np.diff(bounds))
+        starts = bounds[present]
         rows = np.remainder(keys, n_rows, out=keys)
         width = max(1, int(codes.str.len().max())) if len(codes) else 1
-        ids = codes.iloc[order[present]].to_numpy(dtype=object).astype(f"<U{width}")
+        ids = np.empty(len(present), f"<U{width}")
+        for start in range(0, len(present), 1 << 16):      # a slice of Python strings at a time
+            chosen = order[present[start:start + (1 << 16)]]
+            ids[start:start + len(chosen)] = codes.iloc[chosen].to_numpy(dtype=object)
         return {"user_ids": ids, "offsets": np.append(starts, len(rows)).astype(np.int64),
                 "rows": rows}
 

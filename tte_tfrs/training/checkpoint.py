@@ -16,6 +16,7 @@ trained for long take small steps on the new data while new rows take large ones
 
 import json
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -36,9 +37,32 @@ def model_weights(model):
 
 
 def _model_variables(model):
-    """{weight key: variable} of both towers (`np.savez` copies one at a time to numpy)."""
+    """{weight key: variable} of both towers."""
     return {tower.weight_key(v): v
             for tower in (model.user_tower, model.item_tower) for v in tower.weights}
+
+
+SLICE_BYTES = 1 << 24       # of a variable copied to numpy at a time
+
+
+def save_variables(path, variables):
+    """Writes {key: variable} as `np.savez` does (an uncompressed .npz of .npy files, the same
+    bytes), a slice of rows of one variable at a time: a table is never copied whole to numpy."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, variable in variables.items():
+            shape = tuple(variable.shape)
+            dtype = np.dtype(variable.dtype.as_numpy_dtype)
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                        "shape": shape})
+                if not shape:
+                    f.write(np.asarray(variable.numpy(), dtype).tobytes())
+                    continue
+                row_bytes = max(1, dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)))
+                step = max(1, SLICE_BYTES // row_bytes)
+                for start in range(0, shape[0], step):
+                    f.write(np.ascontiguousarray(variable[start:start + step].numpy()).tobytes())
 
 
 def _write_vocabularies(model, path):
@@ -91,12 +115,11 @@ def save_state(model, folder):
     """Writes the model's checkpoint into `folder`; returns the file names written."""
     os.makedirs(folder, exist_ok=True)
     _write_vocabularies(model, os.path.join(folder, VOCABULARIES_FILE))
-    # Variables, not arrays: np.savez turns one at a time into numpy as it writes it.
-    np.savez(os.path.join(folder, WEIGHTS_FILE), **_model_variables(model))
+    save_variables(os.path.join(folder, WEIGHTS_FILE), _model_variables(model))
     accumulators = {key: slot for key, _, slot in _accumulators(model)}
     if not accumulators:
         return list(FILES)
-    np.savez(os.path.join(folder, OPTIMIZER_FILE), **accumulators)
+    save_variables(os.path.join(folder, OPTIMIZER_FILE), accumulators)
     return list(FILES) + [OPTIMIZER_FILE]
 
 
