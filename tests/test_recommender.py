@@ -189,4 +189,4 @@ def test_sorted_ids_find_every_position_without_a_dict():
     values = ["b", "é", "a", "10", "9", "ab", "Z"]
     found = SortedIds(pa.array(values, pa.large_string()))
     assert [found.find(v) for v in values] == list(range(len(values)))
-    assert [found.find(v) for v in ("c", "", "1", "é ", "aa")] == [None] * 5
+    assert [found.find(v) for v in ("c", "", "1", "é ", "aa", None)] == [None] * 6

@@ -270,16 +270,13 @@ def _export_locked(result, output_dir, version, retrieval_k):
 
     staging = lifecycle.staging_folder(output_dir, version)
     try:
-        _save(serving_module(user_tower), _signature(user_tower, user_specs, "embedding"),
-              os.path.join(staging, "user_tower"))
-        _save(serving_module(item_tower), _signature(item_tower, item_specs, "embedding"),
-              os.path.join(staging, "item_tower"))
-        _save(serving_module(user_tower, item_tower),
-              _signature(model, user_specs + item_specs, "rating"), os.path.join(staging, "scorer"))
-
-        retrieval_k = int(min(retrieval_k, len(catalogue)))
-        _save_retrieval(user_tower, user_specs, embeddings, catalogue["item_id"], retrieval_k,
-                        os.path.join(staging, "retrieval"))
+        # The tables are written first and let go of before the SavedModels are saved, so the
+        # memory they held serves the retrieval model's copy of the embeddings.
+        folder = os.path.join(staging, USERS)
+        os.makedirs(folder)
+        users.to_csv(os.path.join(folder, USERS_FILE), index=False)
+        np.savez(os.path.join(folder, RATED_FILE), **rated)
+        del users, rated
 
         folder = os.path.join(staging, EMBEDDINGS)
         os.makedirs(folder)
@@ -287,11 +284,21 @@ def _export_locked(result, output_dir, version, retrieval_k):
         with open(os.path.join(folder, ITEM_IDS_FILE), "w", encoding="utf-8", newline="\n") as f:
             f.writelines(f"{item_id}\n" for item_id in catalogue["item_id"])
         catalogue.to_csv(os.path.join(folder, ITEMS_FILE), index=False)
+        item_ids = catalogue["item_id"]
+        del catalogue
 
-        folder = os.path.join(staging, USERS)
-        os.makedirs(folder)
-        users.to_csv(os.path.join(folder, USERS_FILE), index=False)
-        np.savez(os.path.join(folder, RATED_FILE), **rated)
+        _save(serving_module(user_tower), _signature(user_tower, user_specs, "embedding"),
+              os.path.join(staging, "user_tower"))
+        _save(serving_module(item_tower), _signature(item_tower, item_specs, "embedding"),
+              os.path.join(staging, "item_tower"))
+        _save(serving_module(user_tower, item_tower),
+              _signature(model, user_specs + item_specs, "rating"), os.path.join(staging, "scorer"))
+
+        retrieval_k = int(min(retrieval_k, len(item_ids)))
+        _save_retrieval(user_tower, user_specs, embeddings, item_ids, retrieval_k,
+                        os.path.join(staging, "retrieval"))
+        item_count = len(embeddings)
+        del embeddings, item_ids
         checkpoint_files = checkpoint.save_state(model, os.path.join(staging, CHECKPOINT))
 
         folder = os.path.join(staging, TRAINING)
@@ -300,7 +307,7 @@ def _export_locked(result, output_dir, version, retrieval_k):
             json.dump(result.history, f, indent=2)
         plot_training_curve(result.history, os.path.join(folder, CURVE_FILE))
 
-        manifest = _manifest(result, version, len(embeddings), retrieval_k, checkpoint_files)
+        manifest = _manifest(result, version, item_count, retrieval_k, checkpoint_files)
         paths = lifecycle.commit_version(output_dir, staging, version, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

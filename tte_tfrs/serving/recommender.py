@@ -102,7 +102,9 @@ class SortedIds:
         return self._values[int(self._order[rank])].as_py()
 
     def find(self, key: str) -> int | None:
-        """The position of `key` in the array, or None."""
+        """The position of `key` in the array, or None (also for a key that is no string)."""
+        if not isinstance(key, str):
+            return None
         rank = bisect.bisect_left(self, key)
         if rank < len(self) and self[rank] == key:
             return int(self._order[rank])
