@@ -39,12 +39,13 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# tte_tfrs first: it sets TF_USE_LEGACY_KERAS before the peers' modules import TensorFlow.
+import tte_tfrs  # noqa: E402, I001
 import myfm_peer  # noqa: E402
 import surprise_peers  # noqa: E402
 import topk_protocol  # noqa: E402
 from config_text import parse_config  # noqa: E402
 
-import tte_tfrs  # noqa: E402
 from tte_tfrs.data.dataset import fill_missing, join_features  # noqa: E402
 from tte_tfrs.data.split import split_ratings  # noqa: E402
 from tte_tfrs.evaluation import metrics  # noqa: E402
