@@ -171,3 +171,26 @@ def test_a_vocabulary_a_file_cannot_hold_stays_in_memory_with_the_same_rows(tmp_
     assert not (tmp_path / "broken.txt").exists()
     assert from_file(tf.constant(values + ["x"])).numpy().tolist() == [1, 2, 3, 0]
     assert in_memory(tf.constant(broken + ["a"])).numpy().tolist() == [1, 2, 3, 0]
+
+
+def test_vocabulary_folders_of_processes_that_no_longer_run_are_deleted(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from tte_tfrs.model.towers import VOCABULARY_FOLDER
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead, alive = int(done.stdout), os.getppid()        # a process that ended; pytest's parent
+    for pid in (dead, alive):
+        (tmp_path / f"{VOCABULARY_FOLDER}{pid}-user-x").mkdir()
+        (tmp_path / f"{VOCABULARY_FOLDER}{pid}-user-x" / "user.user_id.txt").write_text("1\n")
+    tower = Tower((FeatureSpec("user_id", "id"),), {"user_id": ["1", "2"]}, 4, USER,
+                  vocabulary_files=True)
+    names = sorted(os.listdir(tmp_path))
+    assert f"{VOCABULARY_FOLDER}{dead}-user-x" not in names
+    assert f"{VOCABULARY_FOLDER}{alive}-user-x" in names
+    assert [n for n in names if n.startswith(f"{VOCABULARY_FOLDER}{os.getpid()}-user-")]
+    assert tower.vocabularies()["user_id"] == ["1", "2"]

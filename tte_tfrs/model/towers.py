@@ -106,6 +106,31 @@ def write_vocabulary_file(vocabulary, path):
     return True
 
 
+VOCABULARY_FOLDER = "tte-vocabularies-"     # + process id: a tower's vocabulary files
+
+
+def vocabulary_folder(side):
+    """A new temporary folder for a tower's vocabulary files, named after this process. Folders
+    left by processes that no longer run (killed before they could delete theirs, as a
+    multi-worker cluster's preempted worker is) are deleted first."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(VOCABULARY_FOLDER):].split("-", 1)[0]
+        if name.startswith(VOCABULARY_FOLDER) and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{VOCABULARY_FOLDER}{os.getpid()}-{side}-")
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):       # another user's process, or no process id
+        return True
+    return True
+
+
 def make_lookup(vocabulary, name, path=None):
     """A string lookup with one out-of-vocabulary slot (row 0) and the vocabulary after it.
 
@@ -252,9 +277,10 @@ class Tower(tf.keras.Model):
         members' predicted ratings; `members_with_penalty` gives each member's own embedding
         ``[B, M, k + 2]`` for training. Not with hidden_units.
       vocabulary_files: keep each vocabulary in a file (``<side>.<name>.txt`` in a temporary
-        folder the tower deletes when it goes) that its lookup reads: no Python string per value
-        in memory, and SavedModels keep the files as assets. Leave it off for towers built under
-        a `tf.distribute` strategy, whose workers need not share this machine's files.
+        folder the tower deletes when it goes, `vocabulary_folder`) that its lookup reads: no
+        Python string per value in memory, and SavedModels keep the files as assets. Leave it
+        off for towers built under a `tf.distribute` strategy, whose workers need not share this
+        machine's files.
     """
 
     def __init__(self, specs: Sequence[features.FeatureSpec],
@@ -281,7 +307,7 @@ class Tower(tf.keras.Model):
         regularization = {"embeddings_regularizer": regularizer} if regularization_scope == "table" else {}
         files = None
         if vocabulary_files:
-            folder = tempfile.mkdtemp(prefix=f"tte-vocabularies-{side}-")
+            folder = vocabulary_folder(side)
             weakref.finalize(self, shutil.rmtree, folder, True)
             files = os.path.join(folder, f"{side}.")
         self.encoders = [make_encoder(spec, vocabularies, width, regularization,
