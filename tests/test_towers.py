@@ -173,24 +173,43 @@ def test_a_vocabulary_a_file_cannot_hold_stays_in_memory_with_the_same_rows(tmp_
     assert in_memory(tf.constant(broken + ["a"])).numpy().tolist() == [1, 2, 3, 0]
 
 
-def test_vocabulary_folders_of_processes_that_no_longer_run_are_deleted(tmp_path, monkeypatch):
+def test_vocabulary_folders_nobody_holds_are_deleted_and_held_ones_kept(tmp_path, monkeypatch):
     import os
-    import subprocess
-    import sys
     import tempfile
+    import time
 
-    from tte_tfrs.model.towers import VOCABULARY_FOLDER
+    import filelock
+
+    from tte_tfrs.model.towers import OWNER_LOCK, VOCABULARY_FOLDER
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead, alive = int(done.stdout), os.getppid()        # a process that ended; pytest's parent
-    for pid in (dead, alive):
-        (tmp_path / f"{VOCABULARY_FOLDER}{pid}-user-x").mkdir()
-        (tmp_path / f"{VOCABULARY_FOLDER}{pid}-user-x" / "user.user_id.txt").write_text("1\n")
-    tower = Tower((FeatureSpec("user_id", "id"),), {"user_id": ["1", "2"]}, 4, USER,
-                  vocabulary_files=True)
+    old = time.time() - 3600
+    for name in ("abandoned", "held", "new"):            # new: its lock file was just created
+        folder = tmp_path / f"{VOCABULARY_FOLDER}user-{name}"
+        folder.mkdir()
+        (folder / "user.user_id.txt").write_text("1\n")
+        (folder / OWNER_LOCK).touch()
+        if name != "new":
+            os.utime(folder / OWNER_LOCK, (old, old))
+    # A live owner holds its lock (another open file: flock counts it as another holder).
+    held = filelock.FileLock(str(tmp_path / f"{VOCABULARY_FOLDER}user-held" / OWNER_LOCK))
+    held.acquire()
+    try:
+        tower = Tower((FeatureSpec("user_id", "id"),), {"user_id": ["1", "2"]}, 4, USER,
+                      vocabulary_files=True)
+    finally:
+        held.release()
     names = sorted(os.listdir(tmp_path))
-    assert f"{VOCABULARY_FOLDER}{dead}-user-x" not in names
-    assert f"{VOCABULARY_FOLDER}{alive}-user-x" in names
-    assert [n for n in names if n.startswith(f"{VOCABULARY_FOLDER}{os.getpid()}-user-")]
+    assert f"{VOCABULARY_FOLDER}user-abandoned" not in names
+    assert f"{VOCABULARY_FOLDER}user-held" in names and f"{VOCABULARY_FOLDER}user-new" in names
+    mine = [n for n in names if n not in (f"{VOCABULARY_FOLDER}user-held",
+                                          f"{VOCABULARY_FOLDER}user-new")]
+    assert len(mine) == 1
+    # The tower's own folder is held while the tower lives, and goes with it.
+    probe = filelock.FileLock(str(tmp_path / mine[0] / OWNER_LOCK), timeout=0)
+    with pytest.raises(filelock.Timeout):
+        probe.acquire()
     assert tower.vocabularies()["user_id"] == ["1", "2"]
+    del tower
+    import gc
+    gc.collect()
+    assert not (tmp_path / mine[0]).exists()

@@ -26,11 +26,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import weakref
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import filelock
 import numpy as np
 import tensorflow as tf
 
@@ -106,29 +108,47 @@ def write_vocabulary_file(vocabulary, path):
     return True
 
 
-VOCABULARY_FOLDER = "tte-vocabularies-"     # + process id: a tower's vocabulary files
+VOCABULARY_FOLDER = "tte-vocabularies-"     # + side: a tower's vocabulary files
+OWNER_LOCK = ".owner.lock"      # in each such folder, locked by the process that uses it
+# A lock file younger than this may be between its creation and its locking: never deleted.
+_SETUP_SECONDS = 5.0
 
 
 def vocabulary_folder(side):
-    """A new temporary folder for a tower's vocabulary files, named after this process. Folders
-    left by processes that no longer run (killed before they could delete theirs, as a
-    multi-worker cluster's preempted worker is) are deleted first."""
+    """(a new temporary folder for a tower's vocabulary files, the lock that marks it in use).
+
+    The folder holds an OS file lock (`filelock`) for as long as the returned lock object lives,
+    so it is in use exactly while a process holds that lock, whatever PID namespace or machine
+    sharing the folder it runs in. Folders whose lock nobody holds (left by a killed process, as
+    a multi-worker cluster's preempted worker is) are deleted first."""
     root = tempfile.gettempdir()
     for name in os.listdir(root):
-        pid = name[len(VOCABULARY_FOLDER):].split("-", 1)[0]
-        if name.startswith(VOCABULARY_FOLDER) and pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{VOCABULARY_FOLDER}{os.getpid()}-{side}-")
+        if name.startswith(VOCABULARY_FOLDER):
+            _delete_if_abandoned(os.path.join(root, name))
+    folder = tempfile.mkdtemp(prefix=f"{VOCABULARY_FOLDER}{side}-")
+    lock = filelock.FileLock(os.path.join(folder, OWNER_LOCK), timeout=0)
+    lock.acquire()
+    return folder, lock
 
 
-def _running(pid):
+def _delete_if_abandoned(folder):
+    path = os.path.join(folder, OWNER_LOCK)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):       # another user's process, or no process id
-        return True
-    return True
+        if time.time() - os.stat(path).st_mtime < _SETUP_SECONDS:
+            return
+        probe = filelock.FileLock(path, timeout=0)
+        probe.acquire()
+    except (OSError, filelock.Timeout):         # no lock file yet, not ours to read, or in use
+        return
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        probe.release()
+
+
+def _release_and_delete(lock, folder):
+    shutil.rmtree(folder, ignore_errors=True)
+    lock.release()
 
 
 def make_lookup(vocabulary, name, path=None):
@@ -307,8 +327,8 @@ class Tower(tf.keras.Model):
         regularization = {"embeddings_regularizer": regularizer} if regularization_scope == "table" else {}
         files = None
         if vocabulary_files:
-            folder = vocabulary_folder(side)
-            weakref.finalize(self, shutil.rmtree, folder, True)
+            folder, lock = vocabulary_folder(side)
+            weakref.finalize(self, _release_and_delete, lock, folder)
             files = os.path.join(folder, f"{side}.")
         self.encoders = [make_encoder(spec, vocabularies, width, regularization,
                                       seed + 7919 * (side == ITEM), files) for spec in self.specs]
