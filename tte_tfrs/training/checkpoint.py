@@ -32,8 +32,7 @@ def model_vocabularies(model):
 
 def model_weights(model):
     """{weight key: numpy array} of both towers."""
-    return {tower.weight_key(v): v.numpy()
-            for tower in (model.user_tower, model.item_tower) for v in tower.weights}
+    return {key: variable.numpy() for key, variable in _model_variables(model).items()}
 
 
 def _model_variables(model):
