@@ -73,13 +73,13 @@ class UnknownOnlyLookup(tf.keras.layers.Layer):
         return tf.zeros(tf.shape(inputs), tf.int64)
 
 
-def _vocabulary_of(lookup):
-    """A lookup's values in row order, the unknown slot left out: its vocabulary file's lines, or
-    the vocabulary it was built with (its table is static), else read back from the table (which
-    builds an index -> value dict)."""
+def _vocabulary_values(lookup):
+    """A lookup's values in row order, the unknown slot left out: its vocabulary file's lines (read
+    a value at a time, never a list), or the vocabulary it was built with (its table is static),
+    else read back from the table (which builds an index -> value dict)."""
     given = getattr(lookup, "input_vocabulary", None)
     if isinstance(given, str):
-        return list(read_vocabulary_file(given))
+        return read_vocabulary_file(given)
     if isinstance(given, np.ndarray) and len(given) + 1 == lookup.vocabulary_size():
         return [str(v) for v in given]
     return [str(v) for v in lookup.get_vocabulary()[1:]]
@@ -373,15 +373,13 @@ class Tower(tf.keras.Model):
 
     def vocabularies(self):
         """{vocabulary name: values in row order}; row 0 of each table is the unknown slot."""
-        return {key: _vocabulary_of(lookup) for key, (lookup, _) in self.tables().items()}
+        return {key: list(values) for key, values in self.iter_vocabularies()}
 
     def iter_vocabularies(self):
         """(vocabulary name, its values in row order) of each table, as `vocabularies`, but a
         vocabulary kept in a file is read a value at a time (never a list)."""
         for key, (lookup, _) in self.tables().items():
-            path = getattr(lookup, "input_vocabulary", None)
-            yield key, (read_vocabulary_file(path) if isinstance(path, str)
-                        else _vocabulary_of(lookup))
+            yield key, _vocabulary_values(lookup)
 
     def weight_key(self, variable):
         """``side/layer/variable``: a name for `variable` that depends neither on the enclosing
