@@ -23,7 +23,11 @@ and the same information:
 Top-K (`topk_protocol`): every model ranks the items of the training rows for up to --max_users users
 with a relevant held-out rating (>= 8 of 10, >= 4 of 5), excluding each user's training, validation
 and implicit items. Test rows are used only for the final numbers; --held_out=validation measures
-our settings on the validation rows (test rows untouched, no peers).
+our settings on the validation rows (test rows untouched, no peers). --held_out=inner is the
+validation-only way to judge settings that train on the validation rows themselves (cross_fit,
+refit): the training and validation rows become the whole data set, split again at random with the
+same fractions and seed, and every model, peers included, is measured on that inner split's test
+rows exactly as on the real test rows; the real test rows are never read.
 """
 
 import dataclasses
@@ -60,8 +64,10 @@ flags.DEFINE_list("folds", ["u1", "u2", "u3", "u4", "u5"], "MovieLens folds.")
 flags.DEFINE_multi_string("config", [""], "Our model: TrainConfig fields changed from the "
                           "defaults, e.g. 'retrieval_weight=0.3,user_history=false'; repeat the "
                           "flag to compare several settings.")
-flags.DEFINE_enum("held_out", "test", ["test", "validation"], "Rows the metrics are measured on; "
-                  "validation runs our settings only (for choosing defaults).")
+flags.DEFINE_enum("held_out", "test", ["test", "validation", "inner"], "Rows the metrics are "
+                  "measured on; validation runs our settings only (for choosing defaults); inner "
+                  "splits the training + validation rows again and measures everyone on its test "
+                  "rows (the real test rows unread).")
 flags.DEFINE_integer("k", 10, "Top-K list length.")
 flags.DEFINE_integer("max_users", 2000, "Users sampled for top-K metrics.")
 flags.DEFINE_integer("myfm_rank", 10, "myFM rank.")
@@ -161,23 +167,41 @@ def baseline_rows(dataset, splits, protocol):
     return rows
 
 
+def inner_dataset(dataset, split, base):
+    """`dataset` less its test rows under `split` (and without predefined folds): the data of
+    --held_out=inner, split again at random. Implicit interactions stay (they are never test
+    rows)."""
+    outer = split_ratings(dataset, split, base.validation_fraction, base.test_fraction, False,
+                          base.seed)
+    if split == "random":
+        ratings = dataset.ratings.drop(index=outer.test.index)
+    else:                                          # a fold: its base file is the whole data
+        ratings = dataset.folds[split][0]
+    return dataclasses.replace(dataset, ratings=ratings.reset_index(drop=True), folds={})
+
+
 def run_split(label, dataset, split, data_dir, configs):
+    recorded = split
+    if FLAGS.held_out == "inner":
+        dataset = inner_dataset(dataset, split, TrainConfig(split=split, verbose=0))
+        split, recorded = "random", f"{split}, inner"
     base = TrainConfig(data_dir=data_dir, split=split, verbose=0)
     splits = split_ratings(dataset, split, base.validation_fraction,
                                                base.test_fraction, False, base.seed)
-    protocol = topk_protocol.make_protocol(dataset, splits, FLAGS.held_out,
+    protocol = topk_protocol.make_protocol(dataset, splits, "validation" if FLAGS.held_out ==
+                                           "validation" else "test",
                                            max_users=FLAGS.max_users)
-    held = splits.test if FLAGS.held_out == "test" else splits.validation
+    held = splits.validation if FLAGS.held_out == "validation" else splits.test
     rows = [ours(dataclasses.replace(base, **values), text, dataset, splits, protocol, held)
             for text, values in configs]
-    if FLAGS.held_out == "test":
+    if FLAGS.held_out != "validation":
         if FLAGS.myfm:
             rows += myfm_rows(base, dataset, splits, protocol)
         if FLAGS.surprise:
             rows += surprise_rows(label, dataset, splits, protocol)
         rows += baseline_rows(dataset, splits, protocol)
     for row in rows:
-        row.update({"data": label, "split": split, "held_out": FLAGS.held_out})
+        row.update({"data": label, "split": recorded, "held_out": FLAGS.held_out})
         print(json.dumps(row), flush=True)
     return rows, splits
 

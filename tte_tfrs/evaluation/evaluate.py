@@ -117,9 +117,11 @@ def evaluate(config: EvaluationConfig) -> dict:
     recommender = Recommender.load(config.output_dir, backend=config.backend)
     where = recommender.reader.path("manifest.json")
     train_config = TrainConfig.from_manifest(recommender.manifest, where)
-    if train_config.refit and config.split == "validation":
-        raise ConfigError(f"{where}: this model was refitted on the training and validation rows "
-                          "(refit), so its validation rows are not held out; evaluate the test "
+    if (train_config.refit or train_config.cross_fit) and config.split == "validation":
+        how = "refitted on" if train_config.refit else "cross-fitted on"
+        flag = "refit" if train_config.refit else "cross_fit"
+        raise ConfigError(f"{where}: this model was {how} the training and validation rows "
+                          f"({flag}), so its validation rows are not held out; evaluate the test "
                           "rows (--split=test)", field="split")
     data_dir = config.data_dir if config.data_dir is not None else train_config.data_dir
     dataset = load_dataset(data_dir, config.dataset if config.data_dir is not None

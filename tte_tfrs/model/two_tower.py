@@ -14,6 +14,9 @@ import tensorflow_recommenders as tfrs
 from tte_tfrs.model.towers import ITEM, USER, Tower
 
 RATING = "rating"
+# Cross-fitting (`TrainConfig.cross_fit`): the ensemble member that must not learn from a row
+# (-1: every member learns from it); validation rows are scored by that member alone.
+HOLDOUT = "holdout_member"
 # In the error a training step raises when its loss (or gradient) is NaN or infinite.
 NON_FINITE_LOSS = "tte_tfrs: the training loss is not finite"
 
@@ -72,8 +75,11 @@ class TwoTowerRatingModel(tfrs.Model):
         String standardisation, lookups and tokenisation then run once per data set rather than
         once per step (`tte_tfrs.data.tfdata.make_training_dataset`).
         """
-        return {USER: self.user_tower.preprocess(features),
-                ITEM: self.item_tower.preprocess(features), RATING: features[RATING]}
+        out = {USER: self.user_tower.preprocess(features),
+               ITEM: self.item_tower.preprocess(features), RATING: features[RATING]}
+        if HOLDOUT in features:
+            out[HOLDOUT] = features[HOLDOUT]
+        return out
 
     def score(self, inputs: Mapping) -> tf.Tensor:
         """Predicted ratings of a batch from `preprocess` (no J, no metrics)."""
@@ -101,14 +107,26 @@ class TwoTowerRatingModel(tfrs.Model):
 
     def _ensemble_losses(self, inputs: Mapping, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """M members: the sum of each member's own squared error (M independent models in the
-        same tables); metrics score the members' mean, the rating the export serves."""
+        same tables); metrics score the members' mean, the rating the export serves.
+
+        A row whose ``HOLDOUT`` names a member (cross-fitting) is left out of that member's
+        error, and its metrics score that member's prediction alone (for a validation row: the
+        prediction of the one member that never learnt from it)."""
         users, user_penalty = self.user_tower.members_with_penalty(inputs[USER])
         items, item_penalty = self.item_tower.members_with_penalty(inputs[ITEM])
         member_predictions = tf.reduce_sum(users * items, axis=-1)             # [batch, M]
         ratings = inputs[RATING]
+        squared = tf.square(ratings[:, tf.newaxis] - member_predictions)
+        predicted = tf.reduce_mean(member_predictions, axis=1)
+        if HOLDOUT in inputs:
+            held = tf.one_hot(tf.cast(inputs[HOLDOUT], tf.int32), self.user_tower.members,
+                              dtype=squared.dtype)                             # -1: no member
+            squared *= 1.0 - held
+            predicted = tf.where(inputs[HOLDOUT] >= 0,
+                                 tf.reduce_sum(member_predictions * held, axis=1), predicted)
         self.task(labels=ratings[:, tf.newaxis], training=training,
-                  predictions=tf.reduce_mean(member_predictions, axis=1)[:, tf.newaxis])
-        per_example = tf.reduce_sum(tf.square(ratings[:, tf.newaxis] - member_predictions), axis=1)
+                  predictions=predicted[:, tf.newaxis])
+        per_example = tf.reduce_sum(squared, axis=1)
         loss = tf.nn.compute_average_loss(per_example)
         user = self.user_tower.fold_members(users)
         item = self.item_tower.fold_members(items)

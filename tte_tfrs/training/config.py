@@ -264,6 +264,13 @@ class TrainerConfig(ConfigBase):
         metrics stay those of the first model, measured on rows it did not train on; the test
         metrics are the refitted model's. Costs a second training; in-memory single-process
         training with early stopping only.
+      cross_fit: with ensemble_members M > 1, train on the validation rows too, each dealt (by
+        seed) to one member that never trains on it: every member trains on the training rows
+        and the other members' validation rows, and early stopping watches the RMSE of each
+        validation row predicted by the member that did not see it (an honest estimate of one
+        member, reported as validation_rmse; the exported mean of the members has seen every
+        row). The ensemble so uses all the rows without a second training (refit); the user
+        history still holds training pairs only.
       tune_trials: tune learning_rate, regularization and embedding_dim on the validation rows
         with Optuna (`tte_tfrs.training.tuning`), trying at most this many settings (the first is
         the given one); the best is kept and the manifest records every trial. 0: no limit when
@@ -282,6 +289,7 @@ class TrainerConfig(ConfigBase):
     log_dir: str | None = None
     verbose: int = 2
     refit: bool = False
+    cross_fit: bool = False
     tune_trials: int = 0
     tune_minutes: float = 0.0
 
@@ -299,6 +307,8 @@ class TrainerConfig(ConfigBase):
             "must be a whole number from 0 to 2**31 - 1"
         yield "refit", not self.refit or self.early_stopping_patience > 0, \
             "needs early stopping (early_stopping_patience > 0) to choose the epochs"
+        yield "cross_fit", not (self.cross_fit and self.refit), \
+            "and refit both train on the validation rows; choose one"
         yield "tune_trials", whole_number(self.tune_trials, 0), "must be a whole number >= 0"
         yield "tune_minutes", finite_number(self.tune_minutes, 0), "must be a number >= 0"
         yield "verbose", self.verbose in (0, 1, 2) and not isinstance(self.verbose, bool), \
@@ -364,6 +374,11 @@ class TrainConfig(DataConfig, ModelConfig, TrainerConfig, ScaleConfig):
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         **DataConfig.choices, **ModelConfig.choices, **TrainerConfig.choices, **ScaleConfig.choices}
+
+    def _checks(self) -> Iterator[Check]:
+        yield "cross_fit", not self.cross_fit or self.ensemble_members > 1, \
+            "needs ensemble_members > 1 (each member leaves out its own share of the " \
+            "validation rows)"
 
 
 def field_help(config_class: type) -> dict[str, str]:

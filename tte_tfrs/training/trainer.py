@@ -23,7 +23,7 @@ from tte_tfrs.errors import ConfigError
 from tte_tfrs.evaluation import metrics
 from tte_tfrs.model.history import UserHistories, user_histories
 from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
-from tte_tfrs.model.two_tower import NON_FINITE_LOSS, RATING, TwoTowerRatingModel
+from tte_tfrs.model.two_tower import HOLDOUT, NON_FINITE_LOSS, RATING, TwoTowerRatingModel
 from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import checkpoint
 from tte_tfrs.training.config import TrainConfig
@@ -44,7 +44,8 @@ class TrainResult:
       dataset: the `Dataset` trained on.
       splits: the `Splits` used.
       metrics: ``test_rmse``, ``test_mae``, ``baseline_rmse`` and ``baseline_mae`` (global mean of
-        the training ratings), ``validation_rmse``, ``epochs_run``, ``train_seconds`` and
+        the training ratings), ``validation_rmse`` (with ``cross_fit``: each validation row
+        scored by the member that never learnt from it), ``epochs_run``, ``train_seconds`` and
         ``train_examples_per_second``.
       history: Keras history (per-epoch loss, rmse, val_rmse, ...).
       parent: for a warm start, the `tte_tfrs.training.warm_start.Parent` export it continued from (its
@@ -215,7 +216,7 @@ def make_optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
 
 def predict(model: TwoTowerRatingModel, columns: dict, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Predicted ratings (numpy float32) for a dict of feature columns (``rating`` is ignored)."""
-    features = {k: v for k, v in columns.items() if k != RATING}
+    features = {k: v for k, v in columns.items() if k not in (RATING, HOLDOUT)}
     if not len(next(iter(features.values()))):
         return np.zeros(0, np.float32)
     return np.concatenate([model(batch).numpy() for batch in make_tf_dataset(features, batch_size)])
@@ -379,6 +380,31 @@ def refit(config: TrainConfig, dataset: Dataset, splits: Splits, train_columns: 
     return model, out
 
 
+def cross_fit_columns(config: TrainConfig, train_columns: dict, validation_columns: dict
+                      ) -> tuple[dict, dict]:
+    """``config.cross_fit``: (the training and validation rows together, the validation rows),
+    each with a ``HOLDOUT`` column: the member that must not learn from the row (validation rows
+    dealt round the M members in a seeded order; -1 for training rows, which every member
+    learns from)."""
+    members = config.ensemble_members
+    order = np.random.default_rng(config.seed).permutation(len(validation_columns[RATING]))
+    holdout = np.empty(len(order), np.int64)
+    holdout[order] = np.arange(len(order)) % members
+    both = {name: np.concatenate([train_columns[name], validation_columns[name]])
+            for name in train_columns}
+    both[HOLDOUT] = np.concatenate([np.full(len(train_columns[RATING]), -1, np.int64), holdout])
+    return both, {**validation_columns, HOLDOUT: holdout}
+
+
+def cross_fit_validation(config: TrainConfig, history: dict) -> dict[str, float]:
+    """Validation RMSE/MAE of a cross-fitted run: each validation row scored by the member that
+    never learnt from it, at the epoch whose weights were kept (Keras' validation metrics, which
+    accumulate over every row)."""
+    epoch = int(np.argmin(history["val_rmse"])) if config.early_stopping_patience else -1
+    return {"validation_rmse": history["val_rmse"][epoch],
+            "validation_mae": history["val_mae"][epoch]}
+
+
 def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> TrainResult:
     """Trains the two-tower rating model and measures it on the test split.
 
@@ -400,11 +426,16 @@ def train(config: TrainConfig | None = None, dataset: Dataset | None = None) -> 
         from tte_tfrs.training import tuning
         return tuning.tune(config, dataset)
     dataset, splits, train_columns, validation_columns = start(config, dataset)
+    if config.cross_fit:
+        train_columns, validation_columns = cross_fit_columns(config, train_columns,
+                                                              validation_columns)
     global_mean = float(np.mean(train_columns[RATING]))
     model = build_model(config, dataset, train_columns, global_mean,
                         histories=histories_for(config, dataset, splits))
     history, metrics = fit(model, config, train_columns, validation_columns)
     metrics.update(evaluate_splits(model, dataset, splits, validation_columns, global_mean))
+    if config.cross_fit:
+        metrics.update(cross_fit_validation(config, history))
     if config.refit:
         model, refit_metrics = refit(config, dataset, splits, train_columns, validation_columns,
                                      history)

@@ -193,8 +193,13 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
     Raises:
       UpdateRefusedError, ConfigError, DataError: nothing was trained.
     """
+    if overrides.get("cross_fit"):
+        raise ConfigError("an update trains on the new training rows and early-stops on held-out "
+                          "validation rows; cross_fit applies to a new model only: leave it out",
+                          field="cross_fit")
     parent = Parent.load(output_dir)
-    config = parent.config(**overrides)
+    # A cross-fitted parent's update holds its validation rows out like any other.
+    config = dataclasses.replace(parent.config(**overrides), cross_fit=False)
     if dataset is None:
         dataset = load_dataset(config.data_dir, config.dataset)
     dataset = with_parent_tables(parent, dataset)
