@@ -353,6 +353,12 @@ def score_test_rows(model: TwoTowerRatingModel, dataset: Dataset, splits: Splits
     return out
 
 
+def training_and_validation(train_columns: dict, validation_columns: dict) -> dict:
+    """The training rows followed by the validation rows, column by column."""
+    return {name: np.concatenate([train_columns[name], validation_columns[name]])
+            for name in train_columns}
+
+
 def refit(config: TrainConfig, dataset: Dataset, splits: Splits, train_columns: dict,
           validation_columns: dict, history: dict) -> tuple[TwoTowerRatingModel, dict]:
     """``config.refit``: a fresh model trained on the training and validation rows together for
@@ -363,8 +369,7 @@ def refit(config: TrainConfig, dataset: Dataset, splits: Splits, train_columns: 
       refitted model's test RMSE/MAE and baseline, which replace the first model's).
     """
     epochs = int(np.argmin(history["val_rmse"])) + 1
-    both = {name: np.concatenate([train_columns[name], validation_columns[name]])
-            for name in train_columns}
+    both = training_and_validation(train_columns, validation_columns)
     global_mean = float(np.mean(both[RATING]))
     refit_config = dataclasses.replace(config, epochs=epochs, early_stopping_patience=0,
                                        refit=False)
@@ -390,8 +395,7 @@ def cross_fit_columns(config: TrainConfig, train_columns: dict, validation_colum
     order = np.random.default_rng(config.seed).permutation(len(validation_columns[RATING]))
     holdout = np.empty(len(order), np.int64)
     holdout[order] = np.arange(len(order)) % members
-    both = {name: np.concatenate([train_columns[name], validation_columns[name]])
-            for name in train_columns}
+    both = training_and_validation(train_columns, validation_columns)
     both[HOLDOUT] = np.concatenate([np.full(len(train_columns[RATING]), -1, np.int64), holdout])
     return both, {**validation_columns, HOLDOUT: holdout}
 
