@@ -179,9 +179,9 @@ def inner_dataset(dataset, split, base):
     """`dataset` less its test rows under `split` (and without predefined folds): the data of
     --held_out=inner, split again at random. Implicit interactions stay (they are never test
     rows)."""
-    outer = split_ratings(dataset, split, base.validation_fraction, base.test_fraction, False,
-                          base.seed)
     if split == "random":
+        outer = split_ratings(dataset, split, base.validation_fraction, base.test_fraction,
+                              False, base.seed)
         ratings = dataset.ratings.drop(index=outer.test.index)
     else:                                          # a fold: its base file is the whole data
         ratings = dataset.folds[split][0]
@@ -196,10 +196,9 @@ def run_split(label, dataset, split, data_dir, configs):
     base = TrainConfig(data_dir=data_dir, split=split, verbose=0)
     splits = split_ratings(dataset, split, base.validation_fraction,
                                                base.test_fraction, False, base.seed)
-    protocol = topk_protocol.make_protocol(dataset, splits, "validation" if FLAGS.held_out ==
-                                           "validation" else "test",
-                                           max_users=FLAGS.max_users)
-    held = splits.validation if FLAGS.held_out == "validation" else splits.test
+    scored = "validation" if FLAGS.held_out == "validation" else "test"     # inner: its test
+    protocol = topk_protocol.make_protocol(dataset, splits, scored, max_users=FLAGS.max_users)
+    held = splits.validation if scored == "validation" else splits.test
     rows = [ours(dataclasses.replace(base, **values), text, dataset, splits, protocol, held)
             for text, values in configs]
     if FLAGS.held_out != "validation":
