@@ -126,7 +126,8 @@ def parameter_server(data_dir, output_dir, cluster):
     # under the same load ended at 1.32 (README "Scaling out" gives the same advice).
     config = tiny(data_dir, strategy="parameter_server", input_mode="streaming",
                   min_shard_bytes=1024, backup_dir=os.path.join(output_dir, ".backup"),
-                  epochs=8, early_stopping_patience=3, learning_rate=0.2)
+                  epochs=8, early_stopping_patience=3, learning_rate=0.2,
+                  weight_average_decay=0.5)     # the average of sharded tables too
     result, exported = train_and_export(config, output_dir, log=lambda message: None)
     del servers
     return {"metrics": result.metrics, "version": exported.version}

@@ -151,8 +151,10 @@ def train(config: TrainConfig, dataset: Dataset | StreamedDataset | None = None
             model.compile(optimizer=training.make_optimizer(config))
         timer, callbacks = training.make_callbacks(config)
         backup = distributed.backup_callbacks(config.backup_dir, role)
-        # The timer first (validation is not training time), validation before early stopping.
-        callbacks = callbacks[:1] + prepared.callbacks + callbacks[1:] + backup
+        # The timer first (validation is not training time), then the weight average, then
+        # validation (of the averaged weights), then early stopping.
+        leading = 2 if config.weight_average_decay else 1
+        callbacks = callbacks[:leading] + prepared.callbacks + callbacks[leading:] + backup
         started = time.perf_counter()
         try:
             fitted = model.fit(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose,

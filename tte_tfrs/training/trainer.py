@@ -192,6 +192,51 @@ class BestEpoch(tf.keras.callbacks.Callback):
                 variable.assign(value)
 
 
+class WeightAverage(tf.keras.callbacks.Callback):
+    """``weight_average_decay``: after each epoch's training steps the model's trainable weights
+    are replaced by their normalised exponential moving average over the epochs so far (epoch i
+    of t weighs beta**(t - i), the weights sum to 1), so validation, early stopping (and
+    `BestEpoch`'s copy) and the export see averaged weights; the next epoch trains on from the
+    raw ones. The swap happens when Keras' validation pass begins, or at the epoch's end when
+    there is none (validation by a callback placed after this one)."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.sums = None            # sum over epochs i of decay**(t - i) * weights_i
+        self.norm = 0.0             # sum over epochs i of decay**(t - i)
+        self.raw = None             # the raw weights while the averaged ones are in the model
+
+    def _variables(self):
+        return list(self.model.trainable_weights)
+
+    def _swap_in_average(self):
+        if self.raw is not None:
+            return
+        self.raw = [v.numpy() for v in self._variables()]
+        if self.sums is None:
+            self.sums = [np.array(r) for r in self.raw]
+        else:
+            for total, raw in zip(self.sums, self.raw):
+                total *= self.decay
+                total += raw
+        self.norm = self.norm * self.decay + 1.0
+        for variable, total in zip(self._variables(), self.sums):
+            variable.assign(total / np.float32(self.norm))
+
+    def on_test_begin(self, logs=None):
+        self._swap_in_average()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap_in_average()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.raw is not None:
+            for variable, raw in zip(self._variables(), self.raw):
+                variable.assign(raw)
+            self.raw = None
+
+
 def diverged(config: TrainConfig, where: str) -> ConfigError:
     """The error for a run whose loss or weights became NaN or infinite."""
     return ConfigError(
@@ -300,10 +345,14 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
 
 
 def make_callbacks(config: TrainConfig) -> tuple[EpochTimer, list]:
-    """(the epoch timer, every callback of a fit): early stopping on validation RMSE (the best
-    epoch's weights and optimizer state kept) and, with ``log_dir``, TensorBoard logs."""
+    """(the epoch timer, every callback of a fit): the timer, the weight average (with
+    ``weight_average_decay``; a validation callback goes right after these two), early stopping
+    on validation RMSE (the best epoch's weights and optimizer state kept) and, with
+    ``log_dir``, TensorBoard logs."""
     timer = EpochTimer()
     callbacks = [timer]
+    if config.weight_average_decay:
+        callbacks.append(WeightAverage(config.weight_average_decay))
     if config.early_stopping_patience:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor="val_rmse", mode="min", patience=config.early_stopping_patience))
