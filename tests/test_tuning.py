@@ -19,7 +19,8 @@ def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained)
     assert trials[0]["params"] == {"learning_rate": config.learning_rate,    # the given settings
                                    "regularization": config.regularization,
                                    "embedding_dim": config.embedding_dim,
-                                   "user_history": config.user_history}
+                                   "user_history": config.user_history,
+                                   "weight_average_decay": config.weight_average_decay}
     scores = [t["validation_rmse"] for t in trials]
     assert scores[0] > min(scores)                               # a later trial won
     assert result.metrics["validation_rmse"] == pytest.approx(min(scores))

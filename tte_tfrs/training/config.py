@@ -278,10 +278,11 @@ class TrainerConfig(ConfigBase):
         Bayesian model averages its samples); about 1 / (1 - beta) epochs count. 0: the raw
         weights of the last epoch, no averaging. Data-dependent (BENCHMARKS.md): 0.9 helped
         MovieLens and the cross-fitted ensembles, and cost Book-Crossing's single model 0.3%.
-      tune_trials: tune learning_rate, regularization and embedding_dim on the validation rows
-        with Optuna (`tte_tfrs.training.tuning`), trying at most this many settings (the first is
-        the given one); the best is kept and the manifest records every trial. 0: no limit when
-        tune_minutes is set, else no tuning.
+      tune_trials: tune the settings of `tte_tfrs.training.tuning.SPACE` (learning_rate,
+        regularization, embedding_dim, user_history, weight_average_decay) on the validation
+        rows with Optuna, trying at most this many settings (the first is the given one); the
+        best is kept and the manifest records every trial. 0: no limit when tune_minutes is
+        set, else no tuning.
       tune_minutes: tune (as tune_trials) until this many minutes have passed (no new trial
         starts after it); 0: no time limit.
     """
