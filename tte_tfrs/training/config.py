@@ -277,7 +277,8 @@ class TrainerConfig(ConfigBase):
         goes on from the raw ones. It averages the noise of the last epochs' steps away (as a
         Bayesian model averages its samples); about 1 / (1 - beta) epochs count. 0: the raw
         weights of the last epoch, no averaging. Data-dependent (BENCHMARKS.md): 0.9 helped
-        MovieLens and the cross-fitted ensembles, and cost Book-Crossing's single model 0.3%.
+        MovieLens and the embedded data's cross-fitted ensembles, not Book-Crossing's, and
+        cost its single model 0.3% (a prototype run). Two more host copies of the weights.
       tune_trials: tune the settings of `tte_tfrs.training.tuning.SPACE` (learning_rate,
         regularization, embedding_dim, user_history, weight_average_decay) on the validation
         rows with Optuna, trying at most this many settings (the first is the given one); the

@@ -346,7 +346,8 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
 
 def make_callbacks(config: TrainConfig) -> tuple[EpochTimer, list]:
     """(the epoch timer, every callback of a fit): the timer, the weight average (with
-    ``weight_average_decay``; a validation callback goes right after these two), early stopping
+    ``weight_average_decay``; a validation callback goes right after it, or after the timer
+    without it), early stopping
     on validation RMSE (the best epoch's weights and optimizer state kept) and, with
     ``log_dir``, TensorBoard logs."""
     timer = EpochTimer()
