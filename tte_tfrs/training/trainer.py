@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -344,16 +345,18 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
                        time.perf_counter() - started)
 
 
-def make_callbacks(config: TrainConfig) -> tuple[EpochTimer, list]:
-    """(the epoch timer, every callback of a fit): the timer, the weight average (with
-    ``weight_average_decay``; a validation callback goes right after it, or after the timer
-    without it), early stopping
-    on validation RMSE (the best epoch's weights and optimizer state kept) and, with
-    ``log_dir``, TensorBoard logs."""
+def make_callbacks(config: TrainConfig, validation: Sequence[tf.keras.callbacks.Callback] = ()
+                   ) -> tuple[EpochTimer, list]:
+    """(the epoch timer, every callback of a fit), in the order they must run: the timer
+    (validation is not training time), the weight average (with ``weight_average_decay``), the
+    `validation` callbacks of a fit that validates in a callback instead of Keras' validation
+    pass (they see the averaged weights), early stopping on validation RMSE (the best epoch's
+    weights and optimizer state kept) and, with ``log_dir``, TensorBoard logs."""
     timer = EpochTimer()
     callbacks = [timer]
     if config.weight_average_decay:
         callbacks.append(WeightAverage(config.weight_average_decay))
+    callbacks.extend(validation)
     if config.early_stopping_patience:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor="val_rmse", mode="min", patience=config.early_stopping_patience))
