@@ -77,6 +77,10 @@ flags.DEFINE_bool("myfm", True, "Run myFM.")
 flags.DEFINE_bool("myfm_train_only", False, "Also fit myFM on the training rows alone (what a "
                   "model that holds the validation rows out sees), to measure what those rows "
                   "are worth.")
+flags.DEFINE_list("myfm_histories", [], "Also fit myFM (train + validation) with these history "
+                  "features (user, item) as columns of its relation blocks, built from the same "
+                  "training interactions as ours: the same information as our settings that use "
+                  "them.")
 flags.DEFINE_bool("surprise", True, "Run the Surprise peers.")
 flags.DEFINE_string("markdown", None, "Write the Markdown tables here.")
 flags.DEFINE_string("json", None, "Write all rows as JSON here.")
@@ -126,13 +130,25 @@ def ours(config, text, dataset, splits, protocol, held):
 
 def myfm_rows(config, dataset, splits, protocol):
     both = pd.concat([splits.train, splits.validation], ignore_index=True)
-    fits = [("myFM (ids + side features)", both)]
+    side_only = dataclasses.replace(config, user_history=False, item_history=False,
+                                    retrieval_weight=0.0)
+    fits = [("myFM (ids + side features)", both, side_only)]
     if FLAGS.myfm_train_only:
-        fits.append(("myFM (ids + side features), training rows only", splits.train))
-    side_only = dataclasses.replace(config, user_history=False, retrieval_weight=0.0)
+        fits.append(("myFM (ids + side features), training rows only", splits.train, side_only))
+    if FLAGS.myfm_histories:
+        unknown = set(FLAGS.myfm_histories) - {"user", "item"}
+        if unknown:
+            raise app.UsageError(f"--myfm_histories takes user and/or item, not {sorted(unknown)}")
+        with_histories = dataclasses.replace(side_only,
+                                             user_history="user" in FLAGS.myfm_histories,
+                                             item_history="item" in FLAGS.myfm_histories)
+        fits.append((f"myFM (ids + side features + {' and '.join(FLAGS.myfm_histories)} "
+                     "history)", both, with_histories))
     rows = []
-    for name, fitted_rows in fits:
-        model = trainer.build_model(side_only, dataset, join_features(fitted_rows, dataset), 0.0)
+    for name, fitted_rows, fitted_config in fits:
+        model = trainer.build_model(fitted_config, dataset, join_features(fitted_rows, dataset),
+                                    0.0, histories=trainer.histories_for(fitted_config, dataset,
+                                                                         splits))
         peer = myfm_peer.MyFMPeer(model.user_tower, model.item_tower, dataset, FLAGS.myfm_rank,
                                   FLAGS.myfm_iter).fit(fitted_rows)
         predicted = peer.predict(splits.test)

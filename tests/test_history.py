@@ -8,7 +8,7 @@ from conftest import tiny_config
 from tte_tfrs.data.dataset import join_features
 from tte_tfrs.data.tfdata import make_training_dataset
 from tte_tfrs.errors import ConfigError
-from tte_tfrs.model.history import HISTORY
+from tte_tfrs.model.history import HISTORY, ITEM_HISTORY
 from tte_tfrs.training import trainer
 
 
@@ -16,28 +16,38 @@ def _pairs(frame):
     return set(zip(frame["user_id"].astype(str), frame["item_id"].astype(str)))
 
 
-def test_histories_hold_training_and_implicit_pairs_only_capped(trained):
+@pytest.mark.parametrize("feature,owner,other", [(HISTORY, "user_id", "item_id"),
+                                                  (ITEM_HISTORY, "item_id", "user_id")])
+def test_histories_hold_training_and_implicit_pairs_only_capped(trained, feature, owner, other):
+    """Each user's items (user history) and each item's users (item history): every training
+    and implicit pair, no held-out pair, capped at history_size by a sample of the key's own."""
     dataset, splits = trained.dataset, trained.splits
-    config = tiny_config(trained.config.data_dir, user_history=True, history_size=3)
-    capped = trainer.histories_for(config, dataset, splits)
-    whole = trainer.histories_for(tiny_config(trained.config.data_dir, user_history=True,
-                                              history_size=10 ** 6),
-                                  dataset, splits)
-    held = _pairs(splits.validation) | _pairs(splits.test)
-    implicit = _pairs(dataset.ratings[~dataset.explicit_mask()])
-    allowed = _pairs(splits.train) | implicit
-    stored = {(user, whole.vocabulary[row - 1]) for user, rows in zip(whole.users, whole.rows)
+    both = dict(user_history=True, item_history=True)
+    capped = trainer.histories_for(tiny_config(trained.config.data_dir, history_size=3, **both),
+                                   dataset, splits)[feature]
+    whole = trainer.histories_for(tiny_config(trained.config.data_dir, history_size=10 ** 6,
+                                              **both), dataset, splits)[feature]
+
+    def pairs(frame):
+        return set(zip(frame[owner].astype(str), frame[other].astype(str)))
+    held = pairs(splits.validation) | pairs(splits.test)
+    implicit = pairs(dataset.ratings[~dataset.explicit_mask()])
+    allowed = pairs(splits.train) | implicit
+    stored = {(key, whole.vocabulary[row - 1]) for key, rows in zip(whole.keys, whole.rows)
               for row in rows}
     assert stored == allowed and not stored & held         # every training pair, none held out
     assert implicit and implicit <= stored                 # implicit interactions are included
     assert max(len(r) for r in capped.rows) == 3 < max(len(r) for r in whole.rows)
-    by_user = dict(zip(whole.users, whole.rows))
-    for user, rows in zip(capped.users, capped.rows):     # a sample of the user's own items
-        assert set(rows) <= set(by_user[user])
+    by_key = dict(zip(whole.keys, whole.rows))
+    for key, rows in zip(capped.keys, capped.rows):        # a sample of the key's own
+        assert set(rows) <= set(by_key[key])
+    only_user = trainer.histories_for(tiny_config(trained.config.data_dir, user_history=True),
+                                      dataset, splits)
+    assert set(only_user) == {HISTORY}                     # only what the config asks for
 
 
 def _history_model(trained, **overrides):
-    config = tiny_config(trained.config.data_dir, user_history=True, **overrides)
+    config = tiny_config(trained.config.data_dir, **{"user_history": True, **overrides})
     columns = join_features(trained.splits.train, trained.dataset)
     histories = trainer.histories_for(config, trained.dataset, trained.splits)
     return trainer.build_model(config, trained.dataset, columns, 7.0, histories=histories), \
@@ -46,24 +56,54 @@ def _history_model(trained, **overrides):
 
 def test_history_feature_is_looked_up_by_user_id(trained):
     model, histories, _ = _history_model(trained)
+    histories = histories[HISTORY]
     tower = model.user_tower
     encoder = tower.encoders[-1]
-    user = histories.users[int(np.argmax([len(r) for r in histories.rows]))]
+    user = histories.keys[int(np.argmax([len(r) for r in histories.rows]))]
     got = encoder(tf.constant([user, "never-seen-user"])).numpy()
     table = encoder.embedding.embeddings.numpy()
-    rows = histories.rows[histories.users.index(user)]
+    rows = histories.rows[histories.keys.index(user)]
     np.testing.assert_allclose(got[0], table[rows].sum(0) / np.sqrt(len(rows)), rtol=1e-5)
     np.testing.assert_array_equal(got[1], 0)               # a new user: no history
     assert tower.vocabularies()[HISTORY] == list(histories.vocabulary)
+    assert ITEM_HISTORY not in model.item_tower.vocabularies()     # not asked for
 
 
-def test_exported_user_tower_serves_the_stored_history_and_warm_starts(trained, tmp_path):
-    """An ensemble of 2 with the history feature: exported, served, identity, warm start."""
+def test_item_history_feature_is_looked_up_by_item_id(trained):
+    model, histories, _ = _history_model(trained, user_history=False, item_history=True)
+    histories = histories[ITEM_HISTORY]
+    assert HISTORY not in model.user_tower.vocabularies()
+    tower = model.item_tower
+    encoder = tower.encoders[-1]
+    assert tower.feature_inputs[-1] == (ITEM_HISTORY, "item_id")
+    item = histories.keys[int(np.argmax([len(r) for r in histories.rows]))]
+    got = encoder(tf.constant([item, "never-seen-item"])).numpy()
+    table = encoder.embedding.embeddings.numpy()
+    rows = histories.rows[histories.keys.index(item)]
+    assert len(rows) > 1
+    np.testing.assert_allclose(got[0], table[rows].sum(0) / np.sqrt(len(rows)), rtol=1e-5)
+    np.testing.assert_array_equal(got[1], 0)               # a new item: no history
+    assert tower.vocabularies()[ITEM_HISTORY] == list(histories.vocabulary)
+    # The vocabulary is of users, most active first.
+    users = set(trained.dataset.ratings["user_id"].astype(str))
+    assert set(histories.vocabulary) <= users
+
+
+def test_history_features_are_refused_where_they_cannot_be_built(trained):
+    columns = join_features(trained.splits.train, trained.dataset)
+    for field in ("user_history", "item_history"):
+        config = tiny_config(trained.config.data_dir, **{field: True})
+        with pytest.raises(ConfigError, match=field):
+            trainer.build_model(config, trained.dataset, columns, 7.0)
+
+
+def test_exported_towers_serve_the_stored_histories_and_warm_start(trained, tmp_path):
+    """An ensemble of 2 with both history features: exported, served, identity, warm start."""
     from tte_tfrs.exports.writer import export
     from tte_tfrs.serving.recommender import Recommender
     from tte_tfrs.training.warm_start import warm_start
-    config = tiny_config(trained.config.data_dir, user_history=True, epochs=1,
-                         ensemble_members=2)
+    config = tiny_config(trained.config.data_dir, user_history=True, item_history=True,
+                         epochs=1, ensemble_members=2)
     result = trainer.train(config, trained.dataset)
     history_table = result.model.user_tower.tables()[HISTORY][1].embeddings.numpy()
     assert np.abs(history_table).sum() > 0
@@ -93,6 +133,14 @@ def test_exported_user_tower_serves_the_stored_history_and_warm_starts(trained, 
     batch = {s.name: tf.constant(items[s.name].to_numpy(np.float32) if s.kind == "number"
                                  else items[s.name].to_numpy().astype(object))
              for s in trained.dataset.item_features}
+    # The exported item tower serves the stored item histories by item id.
+    loaded_items = tf.saved_model.load(out.paths["item_tower"]).signatures["serving_default"]
+    expected_items = result.model.item_tower(batch).numpy()
+    np.testing.assert_allclose(loaded_items(**batch)["embedding"].numpy(), expected_items,
+                               rtol=1e-5, atol=1e-6)
+    item_history = result.model.item_tower.encoders[-1]
+    assert item_history.feature == ITEM_HISTORY
+    assert np.abs(item_history(batch["item_id"]).numpy()).sum() > 0     # the catalogue's items
     model = result.model
     users_m, _ = model.user_tower.members_with_penalty(model.user_tower.preprocess(features))
     items_m, _ = model.item_tower.members_with_penalty(model.item_tower.preprocess(batch))
@@ -104,11 +152,13 @@ def test_exported_user_tower_serves_the_stored_history_and_warm_starts(trained, 
     # A warm start keeps the feature; before training on it is the parent (same weights, same
     # stored histories: the parent's interactions less the held-out pairs).
     update = warm_start(out.output_dir, trained.dataset, epochs=1)
-    assert update.config.user_history
+    assert update.config.user_history and update.config.item_history
     assert update.update["metrics_before"]["validation_rmse"] == pytest.approx(
         result.metrics["validation_rmse"], rel=1e-6)
     assert update.model.user_tower.vocabularies()[HISTORY] == \
         result.model.user_tower.vocabularies()[HISTORY]
+    assert update.model.item_tower.vocabularies()[ITEM_HISTORY] == \
+        result.model.item_tower.vocabularies()[ITEM_HISTORY]
 
 
 def _batch(model, columns, n=128):
@@ -161,6 +211,7 @@ def test_sampling_probabilities_are_the_items_training_shares():
 
 @pytest.mark.parametrize("field, overrides", [
     ("user_history", dict(user_history=True)),
+    ("item_history", dict(item_history=True)),
     ("retrieval_weight", dict(user_history=False, retrieval_weight=0.3))])
 def test_streamed_or_distributed_training_refuses_what_it_cannot_train(tiny_data, field,
                                                                        overrides):

@@ -20,6 +20,7 @@ def test_tuning_keeps_the_best_validation_trial_and_records_every_trial(trained)
                                    "regularization": config.regularization,
                                    "embedding_dim": config.embedding_dim,
                                    "user_history": config.user_history,
+                                   "item_history": config.item_history,
                                    "weight_average_decay": config.weight_average_decay}
     scores = [t["validation_rmse"] for t in trials]
     assert scores[0] > min(scores)                               # a later trial won

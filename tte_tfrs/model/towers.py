@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from tte_tfrs.data import features
 from tte_tfrs.model import bags
-from tte_tfrs.model.history import HISTORY, HistoryEncoder, UserHistories
+from tte_tfrs.model.history import HISTORY, ITEM_HISTORY, Histories, HistoryEncoder
 
 USER = "user"
 ITEM = "item"
@@ -288,8 +288,8 @@ class Tower(tf.keras.Model):
       hidden_units: optional ReLU layer sizes applied to the concatenated feature vectors.
       global_mean: initial mu (user side only; trained with the rest).
       seed: initialisation seed.
-      histories: `UserHistories` (user side only): adds the user-history feature, looked up by
-        the first spec (the user id).
+      histories: `Histories` of the tower's side: adds the history feature (`HISTORY` to a user
+        tower, `ITEM_HISTORY` to an item tower), looked up by the first spec (the tower's id).
       members: M, an ensemble of M independently initialised models in the same tables (each
         row holds M blocks of k + 1 values). `embed` folds them into one vector,
         user ``[latent_1/M, ..., latent_M/M, mean_m(b_u,m + mu_m), 1]`` and item
@@ -307,7 +307,7 @@ class Tower(tf.keras.Model):
                  vocabularies: Mapping[str, Sequence[str]], latent_dim: int, side: str,
                  regularizer: tf.keras.regularizers.Regularizer | None = None,
                  hidden_units: Sequence[int] = (), global_mean: float = 0.0, seed: int = 0,
-                 regularization_scope: str = "table", histories: UserHistories | None = None,
+                 regularization_scope: str = "table", histories: Histories | None = None,
                  members: int = 1, vocabulary_files: bool = False, **kwargs: Any):
         super().__init__(name=f"{side}_tower", **kwargs)
         if side not in (USER, ITEM):
@@ -330,16 +330,16 @@ class Tower(tf.keras.Model):
             folder, lock = vocabulary_folder(side)
             weakref.finalize(self, _release_and_delete, lock, folder)
             files = os.path.join(folder, f"{side}.")
-        self.encoders = [make_encoder(spec, vocabularies, width, regularization,
-                                      seed + 7919 * (side == ITEM), files) for spec in self.specs]
+        side_seed = seed + 7919 * (side == ITEM)
+        self.encoders = [make_encoder(spec, vocabularies, width, regularization, side_seed, files)
+                         for spec in self.specs]
         # (feature name, raw input name) of each encoder, in order.
         self.feature_inputs = [(spec.name, spec.name) for spec in self.specs]
         if histories is not None:
-            if side != USER:
-                raise ValueError("only a user tower holds the user-history feature")
-            self.encoders.append(HistoryEncoder(self.specs[0], histories, width,
-                                                regularization, seed))
-            self.feature_inputs.append((HISTORY, self.specs[0].name))
+            feature = HISTORY if side == USER else ITEM_HISTORY
+            self.encoders.append(HistoryEncoder(self.specs[0], histories, width, regularization,
+                                                side_seed, feature))
+            self.feature_inputs.append((feature, self.specs[0].name))
         self.hidden = [tf.keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
                                              kernel_initializer=tf.keras.initializers.GlorotUniform(
                                                  seed=seed + n), name=f"hidden_{n}")
@@ -368,7 +368,7 @@ class Tower(tf.keras.Model):
             elif isinstance(encoder, TokenEncoder):
                 out[encoder.spec.name] = (encoder.lookup, encoder.embedding)
             elif isinstance(encoder, HistoryEncoder):
-                out[HISTORY] = (encoder.lookup, encoder.embedding)
+                out[encoder.feature] = (encoder.lookup, encoder.embedding)
         return out
 
     def vocabularies(self):

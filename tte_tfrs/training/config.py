@@ -180,12 +180,20 @@ class ModelConfig(ConfigBase):
         interactions, e.g. Book-Crossing rating 0; never a validation or test pair), stored in
         the tower and looked up by user id, combined with weight 1/sqrt(n). Single-process,
         in-memory training only.
+      item_history: give the item tower the mirror image, the item-history feature: the users
+        who interacted with each item in the same training interactions, stored in the item
+        tower and looked up by item id (its own table of users, weight 1/sqrt(n)). A new item
+        is served from its other features. Single-process, in-memory training only. Train it
+        with a smaller learning rate than the default (0.25 with Adagrad: popular items share
+        most of their users, so their histories' rows all move together and 0.5 oscillates;
+        BENCHMARKS.md).
       ensemble_members: M models trained at once in the same tables (each with its own
         initialisation and rating loss); the export folds them into one embedding per user and
         item (M * k + 2 dimensions) whose dot product is the mean of the M predicted ratings, so
         one index serves the ensemble. Each step costs about M times the embedding work. Not
         with hidden_units; single-process, in-memory training only.
-      history_size: the most items kept per user for user_history (a seeded sample above it).
+      history_size: the most items kept per user for user_history, and users per item for
+        item_history (a seeded sample above it).
       retrieval_weight: w of the joint objective: w times a tfrs Retrieval task (in-batch
         softmax over the batch's items, corrected by each item's share of the training rows) on
         the same dot product is added to the rating loss. Trades RMSE for top-K recall and
@@ -206,6 +214,7 @@ class ModelConfig(ConfigBase):
     min_count: int = 2
     max_text_tokens: int = 20000
     user_history: bool = False
+    item_history: bool = False
     history_size: int = 64
     ensemble_members: int = 1
     retrieval_weight: float = 0.0
@@ -280,10 +289,10 @@ class TrainerConfig(ConfigBase):
         MovieLens and the embedded data's cross-fitted ensembles, not Book-Crossing's, and
         cost its single model 0.3% (a prototype run). Two more host copies of the weights.
       tune_trials: tune the settings of `tte_tfrs.training.tuning.SPACE` (learning_rate,
-        regularization, embedding_dim, user_history, weight_average_decay) on the validation
-        rows with Optuna, trying at most this many settings (the first is the given one); the
-        best is kept and the manifest records every trial. 0: no limit when tune_minutes is
-        set, else no tuning.
+        regularization, embedding_dim, user_history, item_history, weight_average_decay) on
+        the validation rows with Optuna, trying at most this many settings (the first is the
+        given one); the best is kept and the manifest records every trial. 0: no limit when
+        tune_minutes is set, else no tuning.
       tune_minutes: tune (as tune_trials) until this many minutes have passed (no new trial
         starts after it); 0: no time limit.
     """

@@ -64,15 +64,16 @@ def check_supported(config: TrainConfig, dataset: object = None) -> None:
     """Refuses settings this path does not train (rather than training something else).
 
     Raises:
-      ConfigError: ``user_history``, tuning, an ensemble, ``refit`` or ``retrieval_weight``,
+      ConfigError: ``user_history``, ``item_history``, tuning, an ensemble, ``refit`` or ``retrieval_weight``,
         naming the flag that turns it off.
     """
     where = (f"strategy={config.strategy}" if config.strategy != distributed.NONE
              else "streamed input (input_mode=streaming, or auto above streaming_threshold_mb)")
-    if config.user_history:
-        raise ConfigError(f"user_history is not supported with {where}; train without it "
-                          "(--nouser_history) or in one process with input_mode=memory",
-                          field="user_history")
+    for field in ("user_history", "item_history"):
+        if getattr(config, field):
+            raise ConfigError(f"{field} is not supported with {where}; train without it "
+                              f"(--no{field}) or in one process with input_mode=memory",
+                              field=field)
     for field in ("tune_trials", "tune_minutes"):
         if getattr(config, field):
             raise ConfigError(f"{field} (tuning) is not supported with {where}; tune in one "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from tte_tfrs.data.split import Splits, split_ratings
 from tte_tfrs.data.tfdata import make_tf_dataset, make_training_dataset
 from tte_tfrs.errors import ConfigError
 from tte_tfrs.evaluation import metrics
-from tte_tfrs.model.history import UserHistories, user_histories
+from tte_tfrs.model.history import HISTORY, ITEM_HISTORY, Histories, item_histories, user_histories
 from tte_tfrs.model.towers import ITEM, USER, Tower, make_regularizer
 from tte_tfrs.model.two_tower import HOLDOUT, NON_FINITE_LOSS, RATING, TwoTowerRatingModel
 from tte_tfrs.model.vocabulary import build_vocabularies
@@ -70,23 +70,26 @@ class TrainResult:
 
 def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, global_mean: float,
                 vocabularies: dict | None = None,
-                histories: UserHistories | None = None) -> TwoTowerRatingModel:
+                histories: Mapping[str, Histories] | None = None) -> TwoTowerRatingModel:
     """Builds (untrained) towers and model for `dataset`.
 
     Vocabularies come from the training rows unless given (a warm start passes grown ones).
-    `histories` (`history_pairs` -> `user_histories`) are needed when ``config.user_history``.
+    `histories` ({`HISTORY` or `ITEM_HISTORY`: `Histories`}, from `histories_for`) must hold
+    each history feature the config asks for.
 
     Raises:
-      ConfigError: ``user_history`` without `histories`, or ``retrieval_weight`` without
-        training rows (the items' sampling probabilities come from them).
+      ConfigError: ``user_history`` or ``item_history`` without its histories, or
+        ``retrieval_weight`` without training rows (the items' sampling probabilities come
+        from them).
     """
     if vocabularies is None:
         vocabularies = build_vocabularies(dataset.user_features + dataset.item_features,
                                           train_columns, config.min_count, config.max_text_tokens)
-    if config.user_history and histories is None:
-        raise ConfigError("user_history needs the users' training interactions; this training "
-                          "path has none: set user_history=False (--nouser_history)",
-                          field="user_history")
+    histories = dict(histories or {})
+    for field, feature in (("user_history", HISTORY), ("item_history", ITEM_HISTORY)):
+        if getattr(config, field) and feature not in histories:
+            raise ConfigError(f"{field} needs the training interactions; this training path has "
+                              f"none: set {field}=False (--no{field})", field=field)
     regularizer = make_regularizer(config.regularizer, config.regularization)
     # Vocabularies in files (SavedModel assets) unless a strategy's workers build the towers.
     common = dict(seed=config.seed, regularization_scope=config.regularization_scope,
@@ -94,9 +97,12 @@ def build_model(config: TrainConfig, dataset: Dataset, train_columns: dict, glob
                   vocabulary_files=not tf.distribute.has_strategy())
     user_tower = Tower(dataset.user_features, vocabularies, config.embedding_dim, USER, regularizer,
                        config.hidden_units, global_mean=global_mean,
-                       histories=histories if config.user_history else None, **common)
+                       histories=histories.get(HISTORY) if config.user_history else None,
+                       **common)
     item_tower = Tower(dataset.item_features, vocabularies, config.embedding_dim, ITEM, regularizer,
-                       config.hidden_units, **common)
+                       config.hidden_units,
+                       histories=histories.get(ITEM_HISTORY) if config.item_history else None,
+                       **common)
     probabilities = None
     if config.retrieval_weight:
         name = dataset.item_features[0].name
@@ -136,12 +142,21 @@ def history_pairs(dataset: Dataset, splits: Splits, extra: pd.DataFrame | None =
 
 def histories_for(config: TrainConfig, dataset: Dataset, splits: Splits,
                   extra: pd.DataFrame | None = None,
-                  vocabulary: list | None = None) -> UserHistories | None:
-    """The `UserHistories` of a run (None when ``config.user_history`` is off)."""
-    if not config.user_history:
-        return None
-    return user_histories(history_pairs(dataset, splits, extra), config.history_size,
-                          config.seed, vocabulary)
+                  vocabularies: Mapping[str, Sequence[str]] | None = None
+                  ) -> dict[str, Histories]:
+    """The `Histories` of a run's history features, {`HISTORY`: each user's items,
+    `ITEM_HISTORY`: each item's users}, holding those that ``user_history`` and
+    ``item_history`` ask for, from `history_pairs` (`extra`: a warm start's parent interactions;
+    `vocabularies`: its grown history vocabularies, by feature)."""
+    wanted = [(feature, build) for field, feature, build in (
+        ("user_history", HISTORY, user_histories), ("item_history", ITEM_HISTORY, item_histories))
+        if getattr(config, field)]
+    if not wanted:
+        return {}
+    pairs = history_pairs(dataset, splits, extra)
+    vocabularies = vocabularies or {}
+    return {feature: build(pairs, config.history_size, config.seed, vocabularies.get(feature))
+            for feature, build in wanted}
 
 
 class EpochTimer(tf.keras.callbacks.Callback):

@@ -27,6 +27,8 @@ SPACE = {
     # The user-history feature helps on real interaction data (MovieLens, Book-Crossing) and
     # hurts where who rates what carries no taste (BENCHMARKS.md): chosen per data set.
     "user_history": ("choice", (False, True)),
+    # Its mirror image in the item tower: the same, and it wants a learning rate near 0.25.
+    "item_history": ("choice", (False, True)),
     # Weight averaging helps some data sets and costs others a little (BENCHMARKS.md).
     "weight_average_decay": ("choice", (0.0, 0.9)),
 }

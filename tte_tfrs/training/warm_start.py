@@ -23,7 +23,7 @@ from tte_tfrs.data.dataset import Dataset, join_features
 from tte_tfrs.data.loader import full_schema, load_dataset
 from tte_tfrs.errors import ConfigError, TteError
 from tte_tfrs.exports.reader import ExportReader, read_consistent
-from tte_tfrs.model.history import HISTORY, history_vocabulary, user_histories
+from tte_tfrs.model.history import HISTORY, ITEM_HISTORY, history_vocabulary
 from tte_tfrs.model.two_tower import RATING
 from tte_tfrs.model.vocabulary import build_vocabularies
 from tte_tfrs.training import checkpoint
@@ -32,7 +32,7 @@ from tte_tfrs.training.config import TrainConfig
 
 # Settings that shape the model's tables: an update keeps the parent's.
 FIXED_BY_PARENT = ("embedding_dim", "hidden_units", "regularizer", "min_count", "max_text_tokens",
-                   "user_history", "history_size", "ensemble_members", "tune_trials",
+                   "user_history", "item_history", "history_size", "ensemble_members", "tune_trials",
                    "tune_minutes")
 # An update whose item table lists less than this share of the parent's catalogue is refused.
 MIN_CATALOGUE_SHARE = 0.5
@@ -93,8 +93,9 @@ class Parent:
           ConfigError: an override of a setting in `FIXED_BY_PARENT` or an unknown field.
         """
         parent = TrainConfig.from_manifest(self.manifest, f"{self.output_dir}/manifest.json")
-        if "user_history" not in self.manifest["config"]:      # exported before the feature
-            parent = dataclasses.replace(parent, user_history=False)
+        for field in ("user_history", "item_history"):       # exported before the feature
+            if field not in self.manifest["config"]:
+                parent = dataclasses.replace(parent, **{field: False})
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         for key, value in overrides.items():
             if key not in known:
@@ -209,13 +210,14 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
     specs = dataset.user_features + dataset.item_features
     new_vocabularies = build_vocabularies(specs, train_columns, config.min_count,
                                           config.max_text_tokens)
-    pairs = None
-    if config.user_history:         # the parent's interactions stay in the users' histories
+    if config.user_history or config.item_history:  # the parent's interactions stay in them
         pairs = training.history_pairs(dataset, splits, parent.interactions)
-        new_vocabularies[HISTORY] = history_vocabulary(pairs)
+        if config.user_history:
+            new_vocabularies[HISTORY] = history_vocabulary(pairs, "item_id")
+        if config.item_history:
+            new_vocabularies[ITEM_HISTORY] = history_vocabulary(pairs, "user_id")
     vocabularies, growth = checkpoint.grow_vocabularies(parent.vocabularies, new_vocabularies)
-    histories = None if pairs is None else user_histories(
-        pairs, config.history_size, config.seed, vocabularies[HISTORY])
+    histories = training.histories_for(config, dataset, splits, parent.interactions, vocabularies)
     global_mean = float(np.mean(train_columns[RATING]))
     model = training.build_model(config, dataset, train_columns, global_mean, vocabularies,
                                  histories)
