@@ -2,11 +2,11 @@
 
 The design matrix comes from our own towers' preprocessing (`tte_tfrs.model.towers.Tower`): every
 embedding row a tower can look up (an id, a category, a location part, a number bucket, a word, a
-tag, an item of the user-history feature) is one column, with the tower's weight (1 for one-slot
-features, 1/n for the n words of a text, 1/sqrt(n) for a user history). Users and items are myFM
-relation blocks (one block row per distinct user or item), so the FM's user x item interactions
-are the dot product of two summed-embedding towers, like ours, and each of a tower's tables gets
-its own hyperprior (`group_shapes`).
+tag, an item of a user history, a user of an item history) is one column, with the tower's
+weight (1 for one-slot features, 1/n for the n words of a text, 1/sqrt(n) for a history).
+Users and items are myFM relation blocks (one block row per distinct user or item), so the FM's
+user x item interactions are the dot product of two summed-embedding towers, like ours, and
+each of a tower's tables gets its own hyperprior (`group_shapes`).
 
 Ranking uses the posterior samples directly: for sample s, score(u, i) = w_i . x_i + the item's
 own pairwise term + <V_s^T x_u, V_s^T x_i> (+ terms constant per user, which cannot change a
@@ -90,7 +90,7 @@ class MyFMPeer:
 
     Args:
       user_tower, item_tower: untrained `Tower`s built on the peer's training rows (their
-        vocabularies, and user histories when present, are the features).
+        vocabularies, and user or item histories when present, are the features).
       dataset: the `Dataset` (users and items tables).
       rank, n_iter, seed: myFM settings.
     """

@@ -1,5 +1,7 @@
 """tte-train --tune_trials / --tune_minutes: Optuna on the validation rows, recorded in the manifest."""
 
+import dataclasses
+
 import pytest
 from conftest import tiny_config
 
@@ -41,3 +43,21 @@ def test_tuning_settings_are_checked():
     with pytest.raises(ConfigError) as caught:
         tiny_config("x", tune_minutes=-1)
     assert caught.value.field == "tune_minutes"
+
+
+def test_a_diverging_trial_loses_and_the_search_goes_on(trained):
+    """A setting that trains to NaN is recorded as diverged, not the end of the search; only
+    when every trial diverges does tuning fail, with the divergence message."""
+    from tte_tfrs.training import tuning
+    config = tiny_config(trained.config.data_dir, epochs=1, tune_trials=3, verbose=0,
+                         learning_rate=1e30, early_stopping_patience=1)
+    space = {"learning_rate": ("choice", (1e30, 0.3))}
+    result = tuning.tune(config, trained.dataset, space)
+    record = result.tuning
+    assert {"learning_rate": 1e30} in record["diverged_trials"]     # the first trial
+    assert record["trials"] and all(t["params"]["learning_rate"] == 0.3
+                                    for t in record["trials"])
+    assert result.config.learning_rate == 0.3
+    with pytest.raises(ConfigError, match="every tuning trial diverged") as caught:
+        tuning.tune(dataclasses.replace(config, tune_trials=1), trained.dataset, space)
+    assert caught.value.field == "learning_rate"

@@ -253,13 +253,21 @@ class WeightAverage(tf.keras.callbacks.Callback):
             self.raw = None
 
 
+DIVERGED = "training diverged"
+
+
 def diverged(config: TrainConfig, where: str) -> ConfigError:
     """The error for a run whose loss or weights became NaN or infinite."""
     return ConfigError(
-        f"training diverged: {where} became NaN or infinite (learning_rate={config.learning_rate:g}"
+        f"{DIVERGED}: {where} became NaN or infinite (learning_rate={config.learning_rate:g}"
         f", optimizer={config.optimizer}); nothing was exported. Lower learning_rate "
         "(--learning_rate) or check that the ratings are on their usual scale",
         field="learning_rate")
+
+
+def is_divergence(error: ConfigError) -> bool:
+    """Whether `error` is the `diverged` error (a setting that trains to NaN or infinity)."""
+    return error.field == "learning_rate" and str(error).startswith(DIVERGED)
 
 
 def check_finite(model: TwoTowerRatingModel, config: TrainConfig) -> None:

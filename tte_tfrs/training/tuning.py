@@ -17,6 +17,7 @@ import time
 
 from tte_tfrs.data.dataset import Dataset, join_features
 from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.errors import ConfigError
 from tte_tfrs.training.config import TrainConfig
 
 # field -> ("log", low, high) or ("choice", values)
@@ -81,13 +82,23 @@ def tune(config: TrainConfig, dataset: Dataset | None = None, space: dict | None
     study.enqueue_trial({name: getattr(config, name) for name in space})
     started = time.perf_counter()
     best: dict = {}
+    diverged: list = []
 
     def objective(trial):
         values = _suggest(trial, space)
         # Trials are scored on validation; only the chosen one is refitted (below).
         trial_config = dataclasses.replace(config, tune_trials=0, tune_minutes=0.0, refit=False,
                                            **values)
-        result = trainer.train(trial_config, dataset)
+        try:
+            result = trainer.train(trial_config, dataset)
+        except ConfigError as exc:
+            if not trainer.is_divergence(exc):
+                raise
+            # A setting that diverges (too large a learning rate, say) loses; the search goes on.
+            diverged.append({"params": values, "error": str(exc)})
+            if config.verbose:
+                print(f"Tuning trial {trial.number}: {values} -> diverged", flush=True)
+            raise optuna.TrialPruned() from None
         score = result.metrics["validation_rmse"]
         if config.verbose:
             print(f"Tuning trial {trial.number}: {values} -> validation RMSE {score:.4f}",
@@ -98,6 +109,9 @@ def tune(config: TrainConfig, dataset: Dataset | None = None, space: dict | None
 
     study.optimize(objective, n_trials=config.tune_trials or None,
                    timeout=60.0 * config.tune_minutes if config.tune_minutes else None)
+    if "result" not in best:
+        raise ConfigError(f"every tuning trial diverged ({len(diverged)}); the first: "
+                          f"{diverged[0]['error']}", field="learning_rate")
     result = best["result"]
     result.config = dataclasses.replace(config, **study.best_params)
     if config.refit:
@@ -115,5 +129,6 @@ def tune(config: TrainConfig, dataset: Dataset | None = None, space: dict | None
             for name, spec in space.items()},
         "best_validation_rmse": float(best["score"]), "best_params": study.best_params,
         "trials": [{"params": t.params, "validation_rmse": t.value}
-                   for t in study.trials if t.value is not None]}
+                   for t in study.trials if t.value is not None],
+        "diverged_trials": [d["params"] for d in diverged]}
     return result
