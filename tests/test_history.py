@@ -1,5 +1,7 @@
 """The user-history feature and the joint (rating + retrieval) objective."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,6 +168,34 @@ def test_exported_towers_serve_the_stored_histories_and_warm_start(trained, tmp_
         result.model.user_tower.vocabularies()[HISTORY]
     assert update.model.item_tower.vocabularies()[ITEM_HISTORY] == \
         result.model.item_tower.vocabularies()[ITEM_HISTORY]
+
+
+def test_a_warm_start_grows_both_histories_with_the_new_interactions(trained, tmp_path):
+    """New users arrive in an update: they get rows of the item history's table of users, and
+    the items they interacted with list them (the parent's interactions kept)."""
+    from tte_tfrs.exports.writer import export
+    from tte_tfrs.training.warm_start import warm_start
+    dataset = trained.dataset
+    users = sorted(dataset.ratings["user_id"].astype(str).unique())
+    late = dataset.ratings["user_id"].astype(str).isin(set(users[::5]))
+    old = dataclasses.replace(dataset, ratings=dataset.ratings[~late].reset_index(drop=True))
+    new = dataclasses.replace(dataset, ratings=dataset.ratings[late].reset_index(drop=True))
+    config = tiny_config(trained.config.data_dir, user_history=True, item_history=True, epochs=1,
+                         history_size=10 ** 6)
+    parent = trainer.train(config, old)
+    out = export(parent, str(tmp_path / "models"))
+    update = warm_start(out.output_dir, new, epochs=1)
+    before = parent.model.item_tower.vocabularies()[ITEM_HISTORY]
+    after = update.model.item_tower.vocabularies()[ITEM_HISTORY]
+    assert after[:len(before)] == before and len(after) > len(before)     # old rows kept
+    assert update.update["vocabulary_growth"][ITEM_HISTORY] == [len(before), len(after)]
+    encoder = update.model.item_tower.encoders[-1]
+    pairs = trainer.history_pairs(new, update.splits)          # the update's own interactions
+    pairs = pairs[pairs["user_id"].isin(set(after[len(before):]))]
+    assert len(pairs)
+    for user, item in pairs.head(10).itertuples(index=False):
+        stored = encoder.stored[int(encoder.preprocess(tf.constant([item])).numpy()[0])]
+        assert user in {after[row - 1] for row in stored.numpy()}       # listed by its item
 
 
 def _batch(model, columns, n=128):
