@@ -142,18 +142,20 @@ def history_pairs(dataset: Dataset, splits: Splits, extra: pd.DataFrame | None =
 
 def histories_for(config: TrainConfig, dataset: Dataset, splits: Splits,
                   extra: pd.DataFrame | None = None,
-                  vocabularies: Mapping[str, Sequence[str]] | None = None
-                  ) -> dict[str, Histories]:
+                  vocabularies: Mapping[str, Sequence[str]] | None = None,
+                  pairs: pd.DataFrame | None = None) -> dict[str, Histories]:
     """The `Histories` of a run's history features, {`HISTORY`: each user's items,
     `ITEM_HISTORY`: each item's users}, holding those that ``user_history`` and
     ``item_history`` ask for, from `history_pairs` (`extra`: a warm start's parent interactions;
-    `vocabularies`: its grown history vocabularies, by feature)."""
+    `vocabularies`: its grown history vocabularies, by feature; `pairs`: `history_pairs`'
+    result where the caller already has it)."""
     wanted = [(feature, build) for field, feature, build in (
         ("user_history", HISTORY, user_histories), ("item_history", ITEM_HISTORY, item_histories))
         if getattr(config, field)]
     if not wanted:
         return {}
-    pairs = history_pairs(dataset, splits, extra)
+    if pairs is None:
+        pairs = history_pairs(dataset, splits, extra)
     vocabularies = vocabularies or {}
     return {feature: build(pairs, config.history_size, config.seed, vocabularies.get(feature))
             for feature, build in wanted}

@@ -210,6 +210,7 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
     specs = dataset.user_features + dataset.item_features
     new_vocabularies = build_vocabularies(specs, train_columns, config.min_count,
                                           config.max_text_tokens)
+    pairs = None
     if config.user_history or config.item_history:  # the parent's interactions stay in them
         pairs = training.history_pairs(dataset, splits, parent.interactions)
         if config.user_history:
@@ -217,7 +218,8 @@ def warm_start(output_dir: str, dataset: Dataset | None = None,
         if config.item_history:
             new_vocabularies[ITEM_HISTORY] = history_vocabulary(pairs, "user_id")
     vocabularies, growth = checkpoint.grow_vocabularies(parent.vocabularies, new_vocabularies)
-    histories = training.histories_for(config, dataset, splits, parent.interactions, vocabularies)
+    histories = training.histories_for(config, dataset, splits, parent.interactions, vocabularies,
+                                       pairs=pairs)
     global_mean = float(np.mean(train_columns[RATING]))
     model = training.build_model(config, dataset, train_columns, global_mean, vocabularies,
                                  histories)
