@@ -7,7 +7,9 @@ settings can only be made before its runtime starts.
 parameter_server: `tte-train --strategy=parameter_server` on an in-process cluster (2 workers and
 2 parameter servers as `tf.distribute.Server`s, this process the coordinator), reading streamed
 data. same_batch: one batch under `tf.distribute.MirroredStrategy` over two CPU devices and without
-a strategy: the loss, J and RMSE of `test_step` and `train_step`, and the weights after the step.
+a strategy: the loss, J and RMSE of `test_step` and `train_step`, and the weights after the step;
+then the weight average (`trainer.WeightAverage`) swapping the mirrored model's weights on every
+replica.
 
 Prints one JSON line with what the test checks.
 """
@@ -100,7 +102,46 @@ def same_batch(data_dir, devices):
         for a, b in zip(single.trainable_variables, [w for w in _initial(config, dataset,
                                                                          train_columns, mean,
                                                                          vocabularies, sample)]))
+    out.update(mirrored_average(strategy, mirrored))
     return out
+
+
+def mirrored_average(strategy, model, decay=0.5, epochs=3):
+    """Drives `trainer.WeightAverage` over `epochs` epochs whose steps leave random weights in the
+    mirrored `model`: the largest difference, over every replica's copy, from the normalised
+    average (after each validation pass) and from the raw weights (at the next epoch's start)."""
+    import numpy as np
+
+    from tte_tfrs.training import trainer
+    variables = model.trainable_variables
+    rng = np.random.default_rng(0)
+    average = trainer.WeightAverage(decay)
+    average.set_model(model)
+    sums, norm, raw = None, 0.0, None
+    errors = {"average_max_error": 0.0, "raw_max_error": 0.0}
+
+    def largest(expected):
+        return max(float(np.max(np.abs(copy.numpy() - want)))
+                   for variable, want in zip(variables, expected)
+                   for copy in strategy.experimental_local_results(variable))
+
+    for epoch in range(epochs):
+        average.on_epoch_begin(epoch)
+        if raw is not None:
+            errors["raw_max_error"] = max(errors["raw_max_error"], largest(raw))
+        raw = [rng.normal(size=v.shape).astype(np.float32) for v in variables]
+        with strategy.scope():
+            for variable, value in zip(variables, raw):
+                variable.assign(value)
+        sums = raw if sums is None else [decay * s + r for s, r in zip(sums, raw)]
+        norm = norm * decay + 1.0
+        average.on_test_begin()
+        average.on_test_end()
+        average.on_epoch_end(epoch)
+        errors["average_max_error"] = max(errors["average_max_error"],
+                                          largest([s / norm for s in sums]))
+    errors["replicas"] = len(strategy.experimental_local_results(variables[0]))
+    return errors
 
 
 def _initial(config, dataset, train_columns, mean, vocabularies, sample):

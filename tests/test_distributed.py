@@ -167,6 +167,9 @@ def test_a_batch_under_a_strategy_is_the_single_process_batch(cluster_run):
     # The step changed the weights, and the same way (sparse gradients summed over the replicas).
     assert result["weights_moved"] > 1e-3
     assert result["weights_max_difference"] < 1e-5
+    # The weight average swaps mirrored weights on every replica, and the raw ones come back.
+    assert result["replicas"] == 2
+    assert result["average_max_error"] < 1e-5 and result["raw_max_error"] == 0.0
 
 
 def test_parameter_servers_shard_tables_train_and_export_plain_savedmodels(cluster_run, trained,
