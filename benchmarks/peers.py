@@ -199,7 +199,9 @@ def inner_dataset(dataset, split, base):
     if split == "random":
         outer = split_ratings(dataset, split, base.validation_fraction, base.test_fraction,
                               False, base.seed)
-        ratings = dataset.ratings.drop(index=outer.test.index)
+        # The splits' frames are re-indexed from 0: the source line names a row.
+        assert dataset.ratings["line"].is_unique, "inner rows need one source line per rating"
+        ratings = dataset.ratings[~dataset.ratings["line"].isin(outer.test["line"])]
     else:                                          # a fold: its base file is the whole data
         ratings = dataset.folds[split][0]
     return dataclasses.replace(dataset, ratings=ratings.reset_index(drop=True), folds={})
