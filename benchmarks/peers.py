@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tte_tfrs  # noqa: E402, I001
 import myfm_peer  # noqa: E402
 import surprise_peers  # noqa: E402
+import inner_split  # noqa: E402
 import topk_protocol  # noqa: E402
 from config_text import parse_config  # noqa: E402
 
@@ -192,25 +193,10 @@ def baseline_rows(dataset, splits, protocol):
     return rows
 
 
-def inner_dataset(dataset, split, base):
-    """`dataset` less its test rows under `split` (and without predefined folds): the data of
-    --held_out=inner, split again at random. Implicit interactions stay (they are never test
-    rows)."""
-    if split == "random":
-        outer = split_ratings(dataset, split, base.validation_fraction, base.test_fraction,
-                              False, base.seed)
-        # The splits' frames are re-indexed from 0: the source line names a row.
-        assert dataset.ratings["line"].is_unique, "inner rows need one source line per rating"
-        ratings = dataset.ratings[~dataset.ratings["line"].isin(outer.test["line"])]
-    else:                                          # a fold: its base file is the whole data
-        ratings = dataset.folds[split][0]
-    return dataclasses.replace(dataset, ratings=ratings.reset_index(drop=True), folds={})
-
-
 def run_split(label, dataset, split, data_dir, configs):
     recorded = split
     if FLAGS.held_out == "inner":
-        dataset = inner_dataset(dataset, split, TrainConfig(split=split, verbose=0))
+        dataset = inner_split.inner_dataset(dataset, split, TrainConfig(split=split, verbose=0))
         split, recorded = "random", f"{split}, inner"
     base = TrainConfig(data_dir=data_dir, split=split, verbose=0)
     splits = split_ratings(dataset, split, base.validation_fraction,

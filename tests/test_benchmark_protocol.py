@@ -1,4 +1,4 @@
-"""The peer benchmark's fairness rules (benchmarks/topk_protocol.py, benchmarks/peers.py): every
+"""The peer benchmark's fairness rules (benchmarks/topk_protocol.py, benchmarks/inner_split.py): every
 model ranks the same candidates without the user's known items, and --held_out=inner never reads
 the real test rows."""
 
@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
 
-import peers  # noqa: E402
+import inner_split  # noqa: E402
 import topk_protocol  # noqa: E402
 
 from tte_tfrs.data.loader import load_dataset  # noqa: E402
@@ -80,7 +80,7 @@ def test_top_k_metrics_by_hand():
 
 def test_inner_rows_never_hold_a_test_row(dataset_and_splits):
     dataset, splits = dataset_and_splits
-    inner = peers.inner_dataset(dataset, "random", TrainConfig())
+    inner = inner_split.inner_dataset(dataset, "random", TrainConfig())
     explicit = inner.ratings[inner.explicit_mask()]
     assert not _pairs(explicit) & _pairs(splits.test)
     assert len(explicit) == len(splits.train) + len(splits.validation)
