@@ -2,6 +2,7 @@
 and exported, while training goes on from the raw weights."""
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +39,23 @@ def test_the_average_is_normalised_and_the_raw_weights_come_back():
             average.on_test_end()
             average.on_epoch_end(epoch)                # swaps once per epoch only
         np.testing.assert_allclose(variable.numpy(), np.full((3, 2), mean), rtol=1e-6)
+
+
+def test_the_epoch_timer_leaves_out_the_raw_weights_coming_back():
+    # Callbacks after the timer (the average restoring the raw weights) run their epoch-begin
+    # work after the timer's: it must not count as training time (epoch_examples_per_second).
+    class SlowEpochBegin(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            time.sleep(1.0)
+
+    model = _one_weight_model()
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=trainer.STEPS_PER_EXECUTION)
+    timer = trainer.EpochTimer()
+    features = np.ones((64, 3), np.float32)
+    model.fit(features, np.ones((64, 2), np.float32), batch_size=8, epochs=3, verbose=0,
+              callbacks=[timer, SlowEpochBegin()])
+    assert len(timer.seconds) == 3
+    assert max(timer.seconds[1:]) < 1.0, timer.seconds    # the first epoch also traces
 
 
 @pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5, float("nan"), True])

@@ -162,19 +162,27 @@ def histories_for(config: TrainConfig, dataset: Dataset, splits: Splits,
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
-    """Records each epoch's wall-clock seconds spent on training steps (the validation pass that
-    Keras runs at the end of the epoch is excluded)."""
+    """Records each epoch's wall-clock seconds spent on training steps: from the epoch's first
+    training batch (so the work of other callbacks' ``on_epoch_begin``, such as restoring the
+    raw weights after a weight average, is excluded) to Keras' validation pass or the epoch's
+    end (the validation pass is excluded too)."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
         self._started = self._stopped = None
+        self._first_batch = False
 
     epoch = 0          # the epoch running (1-based), for messages
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
-        self._started, self._stopped = time.perf_counter(), None
+        # The fallback start, where a strategy's fit calls no batch hooks.
+        self._started, self._stopped, self._first_batch = time.perf_counter(), None, True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._first_batch:
+            self._started, self._first_batch = time.perf_counter(), False
 
     def on_test_begin(self, logs=None):
         if self._started is not None and self._stopped is None:
