@@ -45,7 +45,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # tte_tfrs first: it sets TF_USE_LEGACY_KERAS before the peers' modules import TensorFlow.
 import tte_tfrs  # noqa: E402, I001
-import myfm_peer  # noqa: E402
 import surprise_peers  # noqa: E402
 import inner_split  # noqa: E402
 import topk_protocol  # noqa: E402
@@ -131,6 +130,7 @@ def ours(config, text, dataset, splits, protocol, held):
 
 
 def myfm_rows(config, dataset, splits, protocol):
+    import myfm_peer  # here, so that a run --nomyfm needs no scipy (tests/test_peers_run.py)
     both = pd.concat([splits.train, splits.validation], ignore_index=True)
     side_only = dataclasses.replace(config, user_history=False, item_history=False,
                                     retrieval_weight=0.0)
