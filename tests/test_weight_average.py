@@ -42,20 +42,30 @@ def test_the_average_is_normalised_and_the_raw_weights_come_back():
 
 
 def test_the_epoch_timer_leaves_out_the_raw_weights_coming_back():
-    # Callbacks after the timer (the average restoring the raw weights) run their epoch-begin
-    # work after the timer's: it must not count as training time (epoch_examples_per_second).
+    # The average restores the raw weights in its on_epoch_begin, after the timer's: that work
+    # must not count as training time (epoch_examples_per_second).
     class SlowEpochBegin(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             time.sleep(1.0)
 
     model = _one_weight_model()
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=trainer.STEPS_PER_EXECUTION)
-    timer = trainer.EpochTimer()
+    timer, callbacks = trainer.make_callbacks(TrainConfig(weight_average_decay=0.5,
+                                                          early_stopping_patience=0),
+                                              validation=[SlowEpochBegin()])
     features = np.ones((64, 3), np.float32)
     model.fit(features, np.ones((64, 2), np.float32), batch_size=8, epochs=3, verbose=0,
-              callbacks=[timer, SlowEpochBegin()])
+              callbacks=callbacks)
     assert len(timer.seconds) == 3
     assert max(timer.seconds[1:]) < 1.0, timer.seconds    # the first epoch also traces
+
+
+def test_no_callback_of_a_fit_has_batch_hooks(tmp_path):
+    # ParameterServerStrategy's fit refuses batch-level callbacks.
+    config = TrainConfig(weight_average_decay=0.5, early_stopping_patience=2, log_dir=str(tmp_path))
+    for callback in trainer.make_callbacks(config)[1]:
+        assert not callback._implements_train_batch_hooks(), callback
+        assert not callback._implements_test_batch_hooks(), callback
 
 
 @pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5, float("nan"), True])

@@ -150,9 +150,8 @@ def train(config: TrainConfig, dataset: Dataset | StreamedDataset | None = None
             # One process trains the plain model itself (no second copy of the tables).
             model = prepared.plain if config.strategy == distributed.NONE else _build(config, prepared)
             model.compile(optimizer=training.make_optimizer(config))
-        timer, callbacks = training.make_callbacks(config, prepared.callbacks)
         backup = distributed.backup_callbacks(config.backup_dir, role)
-        callbacks += backup
+        timer, callbacks = training.make_callbacks(config, prepared.callbacks, backup)
         started = time.perf_counter()
         try:
             fitted = model.fit(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose,

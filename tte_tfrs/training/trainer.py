@@ -162,27 +162,24 @@ def histories_for(config: TrainConfig, dataset: Dataset, splits: Splits,
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
-    """Records each epoch's wall-clock seconds spent on training steps: from the epoch's first
-    training batch (so the work of other callbacks' ``on_epoch_begin``, such as restoring the
-    raw weights after a weight average, is excluded) to Keras' validation pass or the epoch's
-    end (the validation pass is excluded too)."""
+    """Records each epoch's wall-clock seconds spent on training steps, from the end of every
+    callback's ``on_epoch_begin`` (`start`, placed last among a fit's callbacks, so the work of
+    others, such as restoring the raw weights after a weight average, is excluded) to Keras'
+    validation pass or the epoch's end (the validation pass is excluded too). It uses epoch
+    hooks only: ``ParameterServerStrategy`` refuses batch-level callbacks."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
         self._started = self._stopped = None
-        self._first_batch = False
+        self.start = _EpochStart(self)
 
     epoch = 0          # the epoch running (1-based), for messages
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
-        # The fallback start, where a strategy's fit calls no batch hooks.
-        self._started, self._stopped, self._first_batch = time.perf_counter(), None, True
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._first_batch:
-            self._started, self._first_batch = time.perf_counter(), False
+        # The start when `start` is not among the callbacks.
+        self._started, self._stopped = time.perf_counter(), None
 
     def on_test_begin(self, logs=None):
         if self._started is not None and self._stopped is None:
@@ -190,6 +187,17 @@ class EpochTimer(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append((self._stopped or time.perf_counter()) - self._started)
+
+
+class _EpochStart(tf.keras.callbacks.Callback):
+    """The training steps' start for `EpochTimer`: the last callback's ``on_epoch_begin``."""
+
+    def __init__(self, timer: EpochTimer):
+        super().__init__()
+        self.timer = timer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.timer._started = time.perf_counter()
 
 
 class BestEpoch(tf.keras.callbacks.Callback):
@@ -378,13 +386,16 @@ def fit(model: TwoTowerRatingModel, config: TrainConfig, train_columns: dict,
                        time.perf_counter() - started)
 
 
-def make_callbacks(config: TrainConfig, validation: Sequence[tf.keras.callbacks.Callback] = ()
+def make_callbacks(config: TrainConfig, validation: Sequence[tf.keras.callbacks.Callback] = (),
+                   others: Sequence[tf.keras.callbacks.Callback] = ()
                    ) -> tuple[EpochTimer, list]:
     """(the epoch timer, every callback of a fit), in the order they must run: the timer
     (validation is not training time), the weight average (with ``weight_average_decay``), the
     `validation` callbacks of a fit that validates in a callback instead of Keras' validation
     pass (they see the averaged weights), early stopping on validation RMSE (the best epoch's
-    weights and optimizer state kept) and, with ``log_dir``, TensorBoard logs."""
+    weights and optimizer state kept), with ``log_dir`` TensorBoard logs, `others` (a
+    distributed run's backups) and last the timer's start (the others' epoch-begin work is
+    not training time)."""
     timer = EpochTimer()
     callbacks = [timer]
     if config.weight_average_decay:
@@ -396,6 +407,8 @@ def make_callbacks(config: TrainConfig, validation: Sequence[tf.keras.callbacks.
         callbacks.append(BestEpoch())
     if config.log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=config.log_dir))
+    callbacks.extend(others)
+    callbacks.append(timer.start)
     return timer, callbacks
 
 
