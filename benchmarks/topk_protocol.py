@@ -64,7 +64,13 @@ def top_k_from_scores(scores, excluded, k):
     """Best-first candidate positions of one user's score vector; ties go to the lower position."""
     scores = np.asarray(scores, np.float64).copy()
     scores[excluded] = -np.inf
-    part = np.argpartition(-scores, k)[:k + 1] if len(scores) > k + 1 else np.arange(len(scores))
+    if len(scores) > k:
+        # Every score above the k-th best, then the ones equal to it in position order.
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        above, tied = np.flatnonzero(scores > kth), np.flatnonzero(scores == kth)
+        part = np.concatenate([above, tied[:k - len(above)]])
+    else:
+        part = np.arange(len(scores))
     order = part[np.lexsort((part, -scores[part]))]
     return order[:k]
 

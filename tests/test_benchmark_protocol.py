@@ -62,6 +62,11 @@ def test_a_ranking_never_holds_an_excluded_item_and_ties_go_to_the_lower_positio
     scores = np.array([1.0, 5.0, 5.0, 3.0, 9.0, 5.0])
     np.testing.assert_array_equal(topk_protocol.top_k_from_scores(scores, [4], 3), [1, 2, 5])
     np.testing.assert_array_equal(topk_protocol.top_k_from_scores(scores, [1, 4], 2), [2, 5])
+    # A tie across the cut-off (integer counts, as the popularity ranker's) goes the same way.
+    ties = np.array([0, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0], float)
+    np.testing.assert_array_equal(topk_protocol.top_k_from_scores(ties, [], 2), [1, 4])
+    np.testing.assert_array_equal(topk_protocol.top_k_from_scores(ties, [4], 3), [1, 5, 6])
+    np.testing.assert_array_equal(topk_protocol.top_k_from_scores(-ties, [], 4), [0, 2, 3, 12])
 
 
 def test_top_k_metrics_by_hand():
