@@ -2,6 +2,7 @@
 model ranks the same candidates without the user's known items, and --held_out=inner never reads
 the real test rows."""
 
+import dataclasses
 import os
 import sys
 
@@ -37,8 +38,8 @@ def test_the_protocol_ranks_training_items_and_excludes_every_known_item(dataset
     dataset, splits = dataset_and_splits
     protocol = topk_protocol.make_protocol(dataset, splits, "test", max_users=10 ** 6)
     assert set(protocol.candidates) == set(splits.train["item_id"])
-    low, high = dataset.rating_scale
-    liked = splits.test[splits.test["rating"] >= round(high - 0.2 * (high - low))]
+    assert dataset.rating_scale == (0, 10)
+    liked = splits.test[splits.test["rating"] >= 8]          # the top fifth of 0-10
     assert set(protocol.users) == set(liked["user_id"])
     implicit = dataset.ratings[~dataset.explicit_mask()]
     assert len(implicit), "the tiny data set has implicit interactions"
@@ -91,4 +92,32 @@ def test_inner_rows_never_hold_a_test_row(dataset_and_splits):
     assert len(explicit) == len(splits.train) + len(splits.validation)
     # The implicit interactions stay: they are never test rows.
     assert len(inner.ratings) - len(explicit) == int((~dataset.explicit_mask()).sum())
-    assert not pd.Series(inner.ratings.index).duplicated().any()
+    assert set(inner.ratings["line"]) == set(dataset.ratings["line"]) - set(splits.test["line"])
+    assert inner.folds == {}
+
+
+def test_a_folds_inner_rows_are_its_base_file(dataset_and_splits):
+    dataset, splits = dataset_and_splits
+    base = pd.concat([splits.train, splits.validation], ignore_index=True)
+    with_fold = dataclasses.replace(dataset, folds={"u1": (base, splits.test)})
+    inner = inner_split.inner_dataset(with_fold, "u1", TrainConfig())
+    assert _pairs(inner.ratings) == _pairs(base) and len(inner.ratings) == len(base)
+    assert inner.folds == {}
+    # A base file that shares a pair with its test file is refused, naming one such pair.
+    leaked = dataclasses.replace(dataset, folds={"u1": (pd.concat([base, splits.test[:3]]),
+                                                        splits.test)})
+    first = splits.test.iloc[0]
+    with pytest.raises(ValueError, match=rf"3 \(user, item\) pairs .*{first['item_id']}"):
+        inner_split.inner_dataset(leaked, "u1", TrainConfig())
+
+
+def test_inner_rows_need_one_source_line_per_rating(dataset_and_splits):
+    dataset = dataset_and_splits[0]
+    ratings = dataset.ratings.copy()
+    ratings.loc[ratings.index[:2], "line"] = ratings["line"].iloc[0]
+    with pytest.raises(ValueError, match="source lines are not unique"):
+        inner_split.inner_dataset(dataclasses.replace(dataset, ratings=ratings), "random",
+                                  TrainConfig())
+    without = dataclasses.replace(dataset, ratings=dataset.ratings.drop(columns="line"))
+    with pytest.raises(ValueError, match="no 'line' column"):
+        inner_split.inner_dataset(without, "random", TrainConfig())

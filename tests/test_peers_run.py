@@ -1,6 +1,7 @@
 """benchmarks/peers.py end to end (without the bench extra's peers: --nomyfm --nosurprise): it
 scores the rows it says it scores, ranks for the users it samples and writes its tables."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,14 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tte_tfrs.data.loader import load_dataset
+from tte_tfrs.data.split import split_ratings
+from tte_tfrs.training.config import TrainConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import inner_split  # noqa: E402
-
-from tte_tfrs.data.loader import load_dataset  # noqa: E402
-from tte_tfrs.data.split import split_ratings  # noqa: E402
-from tte_tfrs.training.config import TrainConfig  # noqa: E402
 
 OURS = "tte_tfrs [epochs=3,embedding_dim=8]"
 MAX_USERS = 40
@@ -41,14 +39,21 @@ def run(request, tiny_data, tmp_path_factory):
     return request.param, rows, table, tiny_data[0]
 
 
+def _split(dataset, config):
+    return split_ratings(dataset, "random", config.validation_fraction, config.test_fraction,
+                         False, config.seed)
+
+
 def _held_out_rows(held_out, data_dir):
-    """(train + validation, scored rows) as the benchmark must choose them, built here."""
+    """(train + validation, scored rows) as the benchmark must choose them, built here: the
+    inner rows are the data less the real test rows (by source line), split again."""
     dataset = load_dataset(data_dir)
     config = TrainConfig(data_dir=data_dir, split="random", verbose=0)
     if held_out == "inner":
-        dataset = inner_split.inner_dataset(dataset, "random", config)
-    splits = split_ratings(dataset, "random", config.validation_fraction, config.test_fraction,
-                           False, config.seed)
+        real_test = _split(dataset, config).test
+        kept = dataset.ratings[~dataset.ratings["line"].isin(real_test["line"])]
+        dataset = dataclasses.replace(dataset, ratings=kept.reset_index(drop=True))
+    splits = _split(dataset, config)
     return pd.concat([splits.train, splits.validation]), splits.test
 
 
