@@ -172,9 +172,45 @@ def parameter_server(data_dir, output_dir, cluster):
                   min_shard_bytes=1024, backup_dir=os.path.join(output_dir, ".backup"),
                   epochs=8, early_stopping_patience=3, learning_rate=0.2,
                   weight_average_decay=0.5)     # the average of sharded tables too
+    checked = _checked_average()
     result, exported = train_and_export(config, output_dir, log=lambda message: None)
     del servers
-    return {"metrics": result.metrics, "version": exported.version}
+    return {"metrics": result.metrics, "version": exported.version, "average": checked.seen}
+
+
+def _checked_average():
+    """Puts in `trainer.WeightAverage`'s place a subclass that reads the model's variables back
+    (sharded ones included) after every swap and every restore: its ``seen`` holds the swaps,
+    the restores and the largest difference from the average, and from the raw weights."""
+    import numpy as np
+
+    from tte_tfrs.training import trainer
+
+    class CheckedAverage(trainer.WeightAverage):
+        seen = {"swaps": 0, "restores": 0, "average_max_error": 0.0, "raw_max_error": 0.0}
+
+        def _largest(self, expected):
+            return max(float(np.max(np.abs(variable.numpy() - want)))
+                       for variable, want in zip(self._variables(), expected))
+
+        def _swap_in_average(self):
+            swapping = self.raw is None
+            super()._swap_in_average()
+            if swapping:
+                seen = self.seen
+                seen["swaps"] += 1
+                seen["average_max_error"] = max(seen["average_max_error"], self._largest(
+                    [total / np.float32(self.norm) for total in self.sums]))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            raw = self.raw
+            super().on_epoch_begin(epoch, logs)
+            if raw is not None:
+                self.seen["restores"] += 1
+                self.seen["raw_max_error"] = max(self.seen["raw_max_error"], self._largest(raw))
+
+    trainer.WeightAverage = CheckedAverage
+    return CheckedAverage
 
 
 if __name__ == "__main__":

@@ -182,9 +182,14 @@ def test_parameter_servers_shard_tables_train_and_export_plain_savedmodels(clust
     # a smaller step for that reason; loaded-machine runs ended at 1.32 against a global mean of
     # 1.80, one process at step 0.5 at about 1.25), so the bound leaves room for timing.
     assert metrics["test_rmse"] < 0.8 * metrics["baseline_rmse"]
-    # With the weight average (tests/cluster_runs.py), the export is the validated average.
+    # With the weight average (tests/cluster_runs.py): it swapped every epoch, the sharded
+    # variables read back as the average, then as the raw weights; the export is the validated
+    # average.
     with open(os.path.join(models, "manifest.json")) as f:
         history = json.load(f)["history"]
+    average = cluster_run.results()["parameter_server"]["average"]
+    assert average["swaps"] == len(history["val_rmse"]) == average["restores"] + 1
+    assert average["average_max_error"] < 1e-6 and average["raw_max_error"] == 0.0
     assert min(history["val_rmse"]) == pytest.approx(metrics["validation_rmse"], rel=1e-4)
     assert layout(models) == layout(exported.output_dir)
     # The SavedModels hold no trace of the cluster: plain TensorFlow loads and runs them here.
